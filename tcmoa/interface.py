@@ -1,0 +1,73 @@
+"""The one inference interface everything outside the model library uses.
+
+A `Fuser` turns batches of co-registered source pairs in [0, 1] into fused images.
+The TC-MoA model (`tcmoa.inference.TCMoAFuser`) and the classical baselines
+(`tcmoa.baselines`) implement it, so the engine and the evaluation harness never
+depend on model internals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Union, runtime_checkable
+
+import numpy as np
+
+# A task name ('vif', 'mef', 'mff'), a task index, or a weighted mix of task routers
+# such as {"vif": 0.7, "mef": 0.3} (the paper's zero-shot use on unseen pairs).
+RouterSpec = Union[str, int, Mapping[str, float]]
+
+
+@dataclass
+class FusionResult:
+    """Output of `Fuser.fuse_batch`.
+
+    image:      (N, H, W, C) float32 in [0, 1]; C is 3 when either source has 3 channels, else 1.
+    prompt_map: (N, H, W) float32 in [0, 1] or None: the share of source A per pixel,
+                p_A / (p_A + p_B) averaged over the TC-MoA modules (0.5 = both equally).
+    """
+
+    image: np.ndarray
+    prompt_map: np.ndarray | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Fuser(Protocol):
+    name: str
+    # Tile sides the engine feeds should be multiples of this (fusers pad internally anyway).
+    tile_multiple: int
+
+    def fuse_batch(
+        self, a: np.ndarray, b: np.ndarray, task: RouterSpec = "vif", *, return_prompts: bool = False
+    ) -> FusionResult:
+        """Fuse N pairs. a, b: (N, H, W, Ca) and (N, H, W, Cb) float32 in [0, 1], Ca, Cb in {1, 3}."""
+        ...
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the output (name, config, weights hash, options, versions): JSON-able."""
+        ...
+
+
+def as_nhwc(x: Any, what: str = "image") -> np.ndarray:
+    """Accept HxW, HxWxC, NxHxWxC arrays (numpy or torch) and return float32 NHWC."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim == 2:
+        arr = arr[None, :, :, None]
+    elif arr.ndim == 3:
+        arr = arr[None] if arr.shape[-1] in (1, 3) else arr[..., None]
+    elif arr.ndim != 4:
+        raise ValueError(f"{what}: expected HxW, HxWxC or NxHxWxC, got shape {arr.shape}")
+    if arr.shape[-1] not in (1, 3):
+        raise ValueError(f"{what}: expected 1 or 3 channels, got shape {arr.shape}")
+    return arr.astype(np.float32, copy=False)
+
+
+def output_channels(a: np.ndarray, b: np.ndarray) -> int:
+    return 3 if max(a.shape[-1], b.shape[-1]) == 3 else 1
+
+
+def check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape[:3] != b.shape[:3]:
+        raise ValueError(f"sources differ in size: {a.shape[:3]} vs {b.shape[:3]} (N, H, W)")

@@ -1,0 +1,47 @@
+"""Shared test fixtures: the ../shared folder (optional) and one local Ray cluster per session."""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("TCMOA_SHARED", ROOT.parent / "shared"))
+FIXTURE = SHARED / "fixtures" / "tcmoa_tiny_seed0_224.pt"
+
+
+def shared_path(*parts: str) -> pathlib.Path:
+    """A path under ../shared, or skip the test with the reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: the ../shared benchmark data is not beside this checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    return shared_path()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One small local Ray instance for the whole session, isolated from any other cluster."""
+    ray = pytest.importorskip("ray")
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray's socket paths must stay short (< 108 bytes): use a short temp dir, not pytest's.
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=512 * 1024 * 1024,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
