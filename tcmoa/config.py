@@ -52,6 +52,9 @@ class TCMoAConfig:
                 problems.append(f"{label} {dim} must be a multiple of 32 (adapters use dim/4 and dim/32)")
         if not 1 <= self.top_k <= self.num_experts:
             problems.append(f"top_k {self.top_k} must be in [1, num_experts={self.num_experts}]")
+        for label, depth in (("depth", self.depth), ("decoder_depth", self.decoder_depth)):
+            if depth % 2:
+                problems.append(f"{label} {depth} must be even (one position-bias table per pair of blocks)")
         if self.window_size % 2:
             problems.append(f"window_size {self.window_size} must be even (shift is half a window)")
         if problems:

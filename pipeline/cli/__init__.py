@@ -9,31 +9,36 @@ import importlib
 
 import click
 
-# command name -> "module:attribute" (a click.Command)
-COMMANDS: dict[str, str] = {
-    "check-parity": "pipeline.cli.model_cmds:check_parity",
-    "convert": "pipeline.cli.model_cmds:convert",
-    "info": "pipeline.cli.model_cmds:info",
-    "train": "pipeline.cli.train_cmds:train",
-    "pretrain": "pipeline.cli.train_cmds:pretrain",
-    "eval": "pipeline.cli.eval_cmds:evaluate",
-    "run": "pipeline.cli.run_cmds:run",
-    "status": "pipeline.cli.run_cmds:status",
-    "fuse": "pipeline.cli.run_cmds:fuse",
-    "samples": "pipeline.cli.run_cmds:samples",
+# command name -> ("module:attribute" of a click.Command, one-line help shown by `tcmoa --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "samples": ("pipeline.cli.run_cmds:samples", "Write a small generated sample archive (photos, stacks, GeoTIFFs)."),
+    "run": ("pipeline.cli.run_cmds:run", "Run a fusion job over an archive (resumable)."),
+    "status": ("pipeline.cli.run_cmds:status", "Show the items, units and failures of a run directory."),
+    "fuse": ("pipeline.cli.run_cmds:fuse", "Fuse one item (two or more source files) into one output."),
+    "eval": ("pipeline.cli.eval_cmds:evaluate", "Score fused images with the fusion metrics; compare methods."),
+    "train": ("pipeline.cli.train_cmds:train", "Train or fine-tune TC-MoA from a YAML config (local or Ray)."),
+    "pretrain": ("pipeline.cli.train_cmds:pretrain", "MAE-pretrain a backbone for configs without public weights."),
+    "convert": ("pipeline.cli.model_cmds:convert", "Convert MAE / released TC-MoA checkpoints to safetensors."),
+    "check-parity": ("pipeline.cli.model_cmds:check_parity", "Compare the model and losses with a reference fixture."),
+    "info": ("pipeline.cli.model_cmds:info", "Show config, parameter counts and provenance of weights."),
 }
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
-        if target is None:
+        entry = COMMANDS.get(name)
+        if entry is None:
             return None
-        module_name, attr = target.split(":")
+        module_name, attr = entry[0].split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Static help lines: listing commands must not import torch, Ray or rasterio.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, entry[1]) for name, entry in COMMANDS.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

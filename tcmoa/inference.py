@@ -1,0 +1,220 @@
+"""`TCMoAFuser`: the model behind the `tcmoa.interface.Fuser` interface, and `load_fuser`.
+
+Arrays in [0, 1] of any size and 1 or 3 channels go in; the fuser reflect-pads them to a
+multiple of the attention window (instead of resizing), runs them in batches on CPU or GPU in
+float32 or bfloat16, and returns the fused image at the input size.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import warnings
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import tcmoa
+from tcmoa.interface import FusionResult, RouterSpec, as_nhwc, check_pair, output_channels
+from tcmoa.model import TCMoA, decode_to_image01, normalize
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "auto")
+DOWNSAMPLES = ("nearest", "area")
+# Shipped default weights live here once trained; until then "default" is an untrained model.
+DEFAULT_WEIGHTS = pathlib.Path(__file__).parent / "weights" / "tcmoa-default.safetensors"
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad NHWC at the bottom/right to a multiple of `multiple`; returns the original (H, W)."""
+    h, w = x.shape[1:3]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        # numpy's reflect repeats the reflection when the pad exceeds the image (tiny inputs).
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+    return x, (h, w)
+
+
+class TCMoAFuser:
+    """Fuse pairs with a TC-MoA model. Implements `tcmoa.interface.Fuser`."""
+
+    name = "tcmoa"
+
+    def __init__(self, model: TCMoA, *, device: "str | torch.device" = "cpu", precision: str = "fp32",
+                 batch_size: int = 8, alpha: float = 1.0, beta: float = 0.0, downsample: str = "nearest",
+                 weights_info: dict[str, Any] | None = None):
+        if downsample not in DOWNSAMPLES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.downsample = downsample
+        self.tile_multiple = model.config.tile_multiple
+        self.weights_info = dict(weights_info or {})
+
+    # --- Fuser interface ---------------------------------------------------------------------
+    def fuse_batch(self, a: np.ndarray, b: np.ndarray, task: RouterSpec = "vif", *,
+                   return_prompts: bool = False) -> FusionResult:
+        a, b = as_nhwc(a, "source A"), as_nhwc(b, "source B")
+        check_pair(a, b)
+        channels = output_channels(a, b)
+        route = self.model.route_vector(task)  # validates the task before any work
+        images, maps = [], []
+        for start in range(0, a.shape[0], self.batch_size):
+            stop = start + self.batch_size
+            image, pmap = self._run(a[start:stop], b[start:stop], route, return_prompts)
+            images.append(image)
+            maps.append(pmap)
+        image = np.concatenate(images)
+        if channels == 1:
+            image = (image @ _LUMA)[..., None]
+        prompt_map = np.concatenate(maps) if return_prompts else None
+        return FusionResult(image=image, prompt_map=prompt_map)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "fuser": self.name,
+            "config": self.model.config.to_dict(),
+            "weights": self.weights_info,
+            "precision": self.precision,
+            "device": self.device.type,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "downsample": self.downsample,
+            "tcmoa_version": tcmoa.__version__,
+            "torch_version": torch.__version__,
+        }
+
+    # --- convenience for one pair ------------------------------------------------------------
+    def fuse(self, a, b, task: RouterSpec = "vif", *, return_prompts: bool = False):
+        """Fuse one pair of any size (HxW or HxWxC, numpy or torch). Returns HxW(xC) or (image, map)."""
+        squeeze = np.ndim(a) == 2 and np.ndim(b) == 2
+        result = self.fuse_batch(a, b, task, return_prompts=return_prompts)
+        image = result.image[0, ..., 0] if squeeze else result.image[0]
+        return (image, result.prompt_map[0]) if return_prompts else image
+
+    # --- internals ---------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.inference_mode()
+    def _run(self, a: np.ndarray, b: np.ndarray, route: torch.Tensor, return_prompts: bool):
+        a, (h, w) = pad_to_multiple(a, self.tile_multiple)
+        b, _ = pad_to_multiple(b, self.tile_multiple)
+        ta, tb = (self._to_model_input(x) for x in (a, b))
+        with self._autocast():
+            out = self.model(ta, tb, route.to(self.device), alpha=self.alpha, beta=self.beta)
+        fused = decode_to_image01(out.pred, ta.shape[-2:], mode=self.downsample)[..., :h, :w]
+        image = fused.permute(0, 2, 3, 1).float().cpu().numpy()
+        if not return_prompts:
+            return image, None
+        return image, self._prompt_map(out, ta.shape[-2:])[:, :h, :w]
+
+    def _to_model_input(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2)
+        if t.shape[1] == 1:  # grey / infrared: repeated to 3 channels as in training
+            t = t.expand(-1, 3, -1, -1)
+        return normalize(t.float())
+
+    @staticmethod
+    def _prompt_map(out, size) -> np.ndarray:
+        """Share of source A per pixel, p_A / (p_A + p_B) averaged over all TC-MoA modules."""
+        p_a = torch.cat([out.encoder_prompts_A, out.decoder_prompts_A]).float()
+        p_b = torch.cat([out.encoder_prompts_B, out.decoder_prompts_B]).float()
+        share = (p_a / (p_a + p_b).clamp_min(1e-6)).mean(0)[..., 0]  # (B, N)
+        gh, gw = out.token_grid
+        share = share.view(-1, 1, gh, gw)
+        share = F.interpolate(share, size=tuple(size), mode="bilinear", align_corners=False)
+        return share[:, 0].clamp(0, 1).cpu().numpy()
+
+
+# --- loading by name ---------------------------------------------------------------------------
+def random_model(config: str = "tiny", seed: int = 0) -> TCMoA:
+    """A randomly initialised model (untrained): for tests, benchmarks and plumbing only."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return TCMoA(config).eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def load_model_spec(spec: str, device: "str | torch.device" = "cpu") -> tuple[TCMoA, dict[str, Any]]:
+    """Resolve a weights spec to (model, weights_info).
+
+    'default'          shipped default weights (an untrained tiny model until they exist, with a warning)
+    'random:CONFIG'    random initialisation of a preset (tiny/base/large), seed 0; also 'tiny-random'
+    PATH.safetensors   the project's own format
+    PATH.pth           a released TC-MoA checkpoint (configuration inferred from its shapes)
+    """
+    from tcmoa import checkpoints
+
+    if spec == "default":
+        if DEFAULT_WEIGHTS.is_file():
+            model, meta = checkpoints.load_model(DEFAULT_WEIGHTS, device)
+            return model, {"spec": spec, "path": str(DEFAULT_WEIGHTS), "sha256": meta["sha256"], **meta["provenance"]}
+        warnings.warn(
+            "no trained default weights are shipped yet: using an UNTRAINED random-init tiny model "
+            "(outputs show the plumbing, not real fusion). Pass trained weights to fuse for real.",
+            stacklevel=2,
+        )
+        spec = "random:tiny"
+    if spec == "tiny-random":
+        spec = "random:tiny"
+    if spec.startswith("random:"):
+        config = spec.split(":", 1)[1]
+        return random_model(config).to(device), {"spec": spec, "trained": False, "init": "random, seed 0"}
+    path = pathlib.Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {spec!r}: no such file (or use 'default' / 'random:tiny')")
+    if path.suffix == ".safetensors":
+        model, meta = checkpoints.load_model(path, device)
+        return model, {"spec": spec, "path": str(path), "sha256": meta["sha256"], **meta["provenance"]}
+    state, _ = checkpoints.read_torch_checkpoint(path)
+    model = TCMoA(checkpoints.infer_config(state))
+    checkpoints.load_reference_checkpoint(model, state)
+    return model.to(device).eval(), {"spec": spec, "path": str(path), "sha256": checkpoints.file_sha256(path),
+                                     "format": "reference"}
+
+
+def load_fuser(spec: str = "default", **options: Any):
+    """A Fuser by name: a weights spec (see `load_model_spec`) or 'baseline:NAME'."""
+    if spec.startswith("baseline:"):
+        from tcmoa.baselines import BASELINES
+
+        name = spec.split(":", 1)[1]
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+        return BASELINES[name]()
+    device = options.pop("device", "cpu")
+    model, info = load_model_spec(spec, device)
+    return TCMoAFuser(model, device=device, weights_info=info, **options)
