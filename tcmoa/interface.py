@@ -49,14 +49,17 @@ class Fuser(Protocol):
 
 
 def as_nhwc(x: Any, what: str = "image") -> np.ndarray:
-    """Accept HxW, HxWxC, NxHxWxC arrays (numpy or torch) and return float32 NHWC."""
+    """Accept HxW, HxWxC or NxHxWxC arrays (numpy or torch) and return float32 NHWC.
+
+    A 3-D array is always one image with channels last; a stack of grey images is N x H x W x 1.
+    """
     if hasattr(x, "detach"):  # torch tensor, without importing torch here
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if arr.ndim == 2:
         arr = arr[None, :, :, None]
     elif arr.ndim == 3:
-        arr = arr[None] if arr.shape[-1] in (1, 3) else arr[..., None]
+        arr = arr[None]
     elif arr.ndim != 4:
         raise ValueError(f"{what}: expected HxW, HxWxC or NxHxWxC, got shape {arr.shape}")
     if arr.shape[-1] not in (1, 3):

@@ -27,6 +27,12 @@ _TRAINABLE_PREFIXES = (
 )
 
 
+def _fp32(x: torch.Tensor):
+    """Context that switches autocast off for x's device type (a no-op when it is off)."""
+    device_type = x.device.type
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+
+
 @dataclass
 class ModelOutput:
     pred: torch.Tensor  # (B, 3, sH, sW) decoder output in normalised space, before any resize
@@ -187,7 +193,8 @@ class TCMoA(nn.Module):
             x, grid, self.decoder_blocks, self.de_relative_position, self._decoder_moa_after,
             self.decoder_blocks_MoA, self.de_FusionLayer, self.Alpha_decoder, route, control, restandardise=True,
         )
-        tokens = self.decoder_pred(self.decoder_norm(x[:batch]))
+        with _fp32(x):  # the pixel head is cheap; fp32 keeps bf16 rounding out of the output
+            tokens = self.decoder_pred(self.decoder_norm(x[:batch].float()))
         return ModelOutput(
             pred=self.unpatchify(tokens, grid),
             encoder_prompts_A=enc_a, encoder_prompts_B=enc_b,
@@ -217,9 +224,7 @@ class TCMoA(nn.Module):
     def _mix(self, x, grid, moa, fusion, alpha, route, control, restandardise):
         """One TC-MoA step on the stacked streams (2B, N, C); runs in fp32 even under autocast."""
         dtype = x.dtype
-        device_type = x.device.type
-        autocast_off = torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
-        with autocast_off:
+        with _fp32(x):
             x = x.float()
             xa, xb = x.chunk(2, dim=0)
             pa_feat, pb_feat, p_a, p_b, aux = moa(xa, xb, route, control)

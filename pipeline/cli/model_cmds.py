@@ -53,24 +53,20 @@ def convert(mae_path: str | None, tcmoa_path: str | None, config_name: str | Non
     if not mae_path and not tcmoa_path:
         raise click.UsageError("give --mae, --tcmoa or both")
     try:
-        tc_state = None
+        tc_state, mae_state = {}, {}
         if tcmoa_path:
-            tc_state, _ = checkpoints.read_torch_checkpoint(tcmoa_path, allow_pickle)
-            tc_state = checkpoints.rename_legacy_keys(tc_state)
-        if config_name:
-            config = config_name
-        elif tc_state is not None:
-            config = checkpoints.infer_config(tc_state)
-        else:
-            raise click.UsageError("--config is required with --mae alone (heads cannot be read from MAE weights)")
+            tc_state = checkpoints.rename_legacy_keys(checkpoints.read_torch_checkpoint(tcmoa_path, allow_pickle)[0])
+        if mae_path:
+            mae_state = checkpoints.read_torch_checkpoint(mae_path, allow_pickle)[0]
+        # Shapes tell the configuration: MAE gives the backbone dims, TC-MoA the heads (bias tables).
+        config = config_name or checkpoints.infer_config({**mae_state, **tc_state})
         model = TCMoA(config)
         provenance: dict = {"converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         if mae_path:
-            checkpoints.load_mae_weights(model, mae_path, allow_pickle)
+            checkpoints.load_mae_weights(model, mae_state)
             provenance["mae"] = {"file": pathlib.Path(mae_path).name, "sha256": checkpoints.file_sha256(mae_path)}
         if tcmoa_path:
-            summary = checkpoints.load_reference_checkpoint(model, tcmoa_path, allow_pickle,
-                                                            require_backbone=not mae_path)
+            summary = checkpoints.load_reference_checkpoint(model, tc_state, require_backbone=not mae_path)
             provenance["tcmoa"] = {"file": pathlib.Path(tcmoa_path).name,
                                    "sha256": checkpoints.file_sha256(tcmoa_path), **summary}
             provenance["trained"] = True
