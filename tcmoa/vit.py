@@ -6,6 +6,7 @@ batch go through a single `scaled_dot_product_attention` call.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -114,18 +115,30 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * nW, window^2, C)."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c).transpose(2, 3)
-    return x.reshape(-1, window * window, c)
+@functools.lru_cache(maxsize=64)
+def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token permutations between row-major order and (cyclically shifted) window order.
+
+    `forward[k]` is the row-major index of the k-th token in window order, so gathering with it
+    does the roll by (-shift, -shift) and the window partition in one copy; `inverse` undoes both.
+    """
+    rows = (torch.arange(h) + shift) % h
+    cols = (torch.arange(w) + shift) % w
+    grid = rows[:, None] * w + cols[None, :]  # token at shifted position (i, j)
+    forward = grid.view(h // window, window, w // window, window).transpose(1, 2).reshape(-1)
+    return forward, torch.argsort(forward)
 
 
-def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """(B * nW, window^2, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    x = windows.view(-1, h // window, w // window, window, window, c).transpose(2, 3)
-    return x.reshape(-1, h, w, c)
+def to_windows(x: torch.Tensor, grid_hw: tuple[int, int], window: int, shift: int) -> torch.Tensor:
+    """(B, H*W, C) row-major -> (B * nW, window^2, C)."""
+    forward, _ = window_order(*grid_hw, window, shift)
+    return x.index_select(1, forward.to(x.device)).view(-1, window * window, x.shape[-1])
+
+
+def from_windows(windows: torch.Tensor, batch: int, grid_hw: tuple[int, int], window: int, shift: int) -> torch.Tensor:
+    """(B * nW, window^2, C) -> (B, H*W, C) row-major."""
+    _, inverse = window_order(*grid_hw, window, shift)
+    return windows.reshape(batch, -1, windows.shape[-1]).index_select(1, inverse.to(windows.device))
 
 
 class Block(nn.Module):
@@ -140,15 +153,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int], bias: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """x: (B, H*W, C) tokens in row-major grid order."""
-        b, n, c = x.shape
-        h, w = grid_hw
-        y = self.norm1(x).view(b, h, w, c)
-        if shift:
-            # Cyclic shift with no mask for the wrapped windows, as the reference does.
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        y = self.attn(window_partition(y, window), bias)
-        y = window_reverse(y, window, h, w)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        x = x + y.reshape(b, n, c)
+        y = to_windows(self.norm1(x), grid_hw, window, shift)
+        # Cyclic shift with no mask for the wrapped windows, as the reference does.
+        x = x + from_windows(self.attn(y, bias), x.shape[0], grid_hw, window, shift)
         return x + self.mlp(self.norm2(x))
