@@ -1,0 +1,225 @@
+"""The training loop on the tiny config: loss falls, frozen weights stay frozen, EMA is exported,
+a crash resumes to exactly the uninterrupted run, and Ray Train runs it on 2 CPU workers."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from skimage.transform import resize
+
+from tcmoa.model import TCMoA
+from tcmoa.synth import skimage_photos
+from tcmoa.run_state import RunStateError, parameter_groups
+from tcmoa.train import learning_rate, train
+from tcmoa.train_config import ConfigError, load_train_config, parse_train_config
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> pathlib.Path:
+    """Small photos for synthetic MEF/MFF pairs, one visible/infrared pair, and an MAE backbone file."""
+    root = tmp_path_factory.mktemp("train")
+    photos = [resize(p, (128, 128), anti_aliasing=True) for p in skimage_photos(["astronaut", "coffee"])]
+    (root / "photos").mkdir()
+    for i, photo in enumerate(photos):
+        Image.fromarray((photo * 255).astype(np.uint8)).save(root / "photos" / f"p{i}.png")
+    for folder, count in (("vif", 2), ("vif_one", 1)):
+        for i, photo in enumerate(photos[:count]):
+            for side, image in (("vi", photo), ("ir", 1 - photo.mean(-1))):
+                (root / folder / side).mkdir(parents=True, exist_ok=True)
+                Image.fromarray((image * 255).astype(np.uint8)).save(root / folder / side / f"s{i}.png")
+    torch.manual_seed(123)
+    donor = TCMoA("tiny")
+    backbone = {k: v for k, v in donor.state_dict().items() if k in set(donor.backbone_state_names())}
+    torch.save({"model": backbone}, root / "mae_tiny.pth")
+    return root
+
+
+def _config(workspace: pathlib.Path, run_dir: pathlib.Path, **changes):
+    document = {
+        "run_dir": str(run_dir), "backbone": str(workspace / "mae_tiny.pth"),
+        "data": {"vif": str(workspace / "vif"), "mef": [{"synthetic": str(workspace / "photos"), "count": 2}],
+                 "mff": [{"synthetic": str(workspace / "photos"), "count": 2}]},
+        "crop": 112, "batch_size": 1, "epochs": 4, "iters_per_epoch": 2, "warmup_epochs": 1, "num_workers": 0,
+        "threads": 1, "log_every": 1, "checkpoint_every": 2, "sample_every": 0,
+    }
+    document.update(changes)
+    return parse_train_config(document, workspace)
+
+
+def _losses(run_dir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_frozen_weights_stay_bit_identical(workspace, tmp_path):
+    # One pair per task, the whole image every time: the loss must fall step after step.
+    same_view = {"vif": [1.0, 1.0], "mef": [1.0, 1.0], "mff": [1.0, 1.0]}
+    config = _config(workspace, tmp_path / "run", lr=1e-3, min_lr=1e-3, warmup_epochs=0, epochs=100,
+                     iters_per_epoch=10, max_steps=8, crop_scales=same_view, flip=False, sample_every=4,
+                     data={"vif": str(workspace / "vif_one"),
+                           "mef": [{"synthetic": str(workspace / "photos"), "count": 1}],
+                           "mff": [{"synthetic": str(workspace / "photos"), "count": 1}]})
+    result = train(config, progress=False)
+    records = _losses(tmp_path / "run")
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for task in ("vif", "mef", "mff"):
+        curve = [r[f"{task}/loss"] for r in records]
+        assert curve[-1] < 0.995 * curve[0], f"{task} loss did not fall: {curve}"
+        assert sum(b < a for a, b in zip(curve, curve[1:])) >= 6, f"{task} loss is not falling steadily: {curve}"
+
+    backbone = torch.load(workspace / "mae_tiny.pth", weights_only=True)["model"]
+    exported = load_file(result.weights)
+    for name, tensor in backbone.items():
+        assert torch.equal(exported[name], tensor), f"frozen weight {name} changed"
+    # The exported weights are the EMA, which differs from both the start and the raw weights.
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000008.state.pt", weights_only=True)
+    ema = state["ema"]["shadow"]
+    assert all(torch.equal(exported[n], ema[n]) for n in ema)
+    assert any(not torch.equal(ema[n], state["trainable"][n]) for n in ema)
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        f"step_{s:08d}_{t}.png" for s in (4, 8) for t in ("mef", "mff", "vif")]
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_a_crashed_run_resumes_to_the_same_weights(workspace, tmp_path):
+    # Random crops, flips, batch 2 and the warm-up -> main loss switch at step 2: everything that
+    # depends on RNG and data position must come back exactly.
+    settings = dict(batch_size=2, max_steps=4, ema_decay=0.9)
+    reference = train(_config(workspace, tmp_path / "straight", **settings), progress=False)
+
+    def crash_after_step_3(report):
+        if report.step == 3:
+            raise _Crash("simulated crash")
+
+    crashed_config = _config(workspace, tmp_path / "crashed", num_workers=1, **settings)
+    with pytest.raises(_Crash):
+        train(crashed_config, callbacks=[crash_after_step_3], progress=False)
+    assert json.loads((tmp_path / "crashed" / "checkpoints" / "latest.json").read_text())["step"] == 2
+    resumed = train(crashed_config, progress=False)
+
+    straight, again = load_file(reference.weights), load_file(resumed.weights)
+    assert straight.keys() == again.keys()
+    for name in straight:
+        assert torch.equal(straight[name], again[name]), f"{name} differs after resume"
+    state_a = torch.load(tmp_path / "straight" / "checkpoints" / "step_00000004.state.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "crashed" / "checkpoints" / "step_00000004.state.pt", weights_only=True)
+    for name, value in state_a["trainable"].items():
+        assert torch.equal(value, state_b["trainable"][name])
+    for key, value in state_a["optimizer"]["state"].items():
+        assert torch.equal(value["exp_avg_sq"], state_b["optimizer"]["state"][key]["exp_avg_sq"])
+    assert state_a["rng"][0]["torch"] == state_b["rng"][0]["torch"]
+    # The log holds each step once, with the same values as the uninterrupted run.
+    assert [r["step"] for r in _losses(tmp_path / "crashed")] == [1, 2, 3, 4]
+    assert [r["mff/loss"] for r in _losses(tmp_path / "crashed")] == [r["mff/loss"] for r in _losses(tmp_path / "straight")]
+
+
+def test_resume_refuses_changed_configs_and_no_resume_protects_checkpoints(workspace, tmp_path):
+    train(_config(workspace, tmp_path / "run", max_steps=2), progress=False)
+    with pytest.raises(RunStateError, match="lr: checkpoint 0.0003 != now 0.001"):
+        train(_config(workspace, tmp_path / "run", max_steps=3, lr=1e-3), progress=False)
+    with pytest.raises(RunStateError, match="holds checkpoints"):
+        train(_config(workspace, tmp_path / "run", max_steps=3), resume=False, progress=False)
+
+
+def test_schedule_and_weight_decay_groups():
+    config = parse_train_config({"run_dir": "r", "data": {"vif": "."}, "epochs": 10, "warmup_epochs": 2,
+                                 "lr": 1e-3, "min_lr": 1e-5}, pathlib.Path("/tmp"))
+    assert learning_rate(config, 0, 100) == 0.0
+    assert learning_rate(config, 100, 100) == pytest.approx(5e-4)
+    assert learning_rate(config, 200, 100) == pytest.approx(1e-3)
+    assert learning_rate(config, 600, 100) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert learning_rate(config, 1000, 100) == pytest.approx(1e-5)
+    model = TCMoA("tiny")
+    decay, no_decay = parameter_groups(model.trainable_parameters(), 0.05)
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.05
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(model.trainable_parameters())
+
+
+def test_config_errors_name_the_file_and_every_problem(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run_dir: out\nbatch_sise: 3\nlr: fast\ncrop: 100\n"
+                    "data:\n  vif: [missing_folder]\n  pan: [x]\n  mff: [{synthetic: skimage, path: y}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path)
+    message = str(info.value)
+    for expected in (str(path), "unknown key 'batch_sise' (did you mean 'batch_size'?)", "lr: expected a number",
+                     "crop: 100 must be a multiple of 112", "missing_folder is not a folder", "unknown task 'pan'",
+                     "give exactly one of `path`"):
+        assert expected in message
+    assert math.isclose(load_train_config(_write(tmp_path, "run_dir: o\ndata: {mef: [{synthetic: skimage}]}\n")).lr, 3e-4)
+
+
+def _write(folder: pathlib.Path, text: str) -> pathlib.Path:
+    path = folder / "good.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_ray_train_with_two_cpu_workers(workspace, tmp_path, ray_cluster):
+    from pipeline.train_ray import train_with_ray
+
+    config = _config(workspace, tmp_path / "ray_run", max_steps=2)
+    metrics = train_with_ray(config, workers=2)
+    assert metrics["step"] == 2 and math.isfinite(metrics["vif/loss"])
+    state = torch.load(tmp_path / "ray_run" / "checkpoints" / "step_00000002.state.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["rng"][0]["torch"] != state["rng"][1]["torch"]  # router noise differs per rank
+    assert (tmp_path / "ray_run" / "final.safetensors").is_file()
+
+
+def test_cli_train_resumes_and_reports_errors(workspace, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"run_dir: run\nbackbone: {workspace / 'mae_tiny.pth'}\ncrop: 112\nbatch_size: 1\nepochs: 3\n"
+        f"iters_per_epoch: 1\nwarmup_epochs: 1\nnum_workers: 0\nthreads: 1\nsample_every: 0\n"
+        f"data:\n  mff: [{{synthetic: {workspace / 'photos'}, count: 1}}]\n")
+    runner = CliRunner()
+    first = runner.invoke(main, ["train", str(config), "--max-steps", "1"])
+    assert first.exit_code == 0, first.output
+    assert "trained 1 steps" in first.output and (tmp_path / "run" / "final.safetensors").is_file()
+    refused = runner.invoke(main, ["train", str(config), "--no-resume"])
+    assert refused.exit_code == 1 and "holds checkpoints (last at step 1)" in refused.output
+    resumed = runner.invoke(main, ["train", str(config), "--max-steps", "2"])
+    assert resumed.exit_code == 0 and "trained 2 steps" in resumed.output
+    assert [r["step"] for r in _losses(tmp_path / "run")] == [1, 2]
+    config.write_text("run_dir: run\ndata: {mff: [{synthetic: skimage}]}\nlearning_rate: 1\n")
+    bad = runner.invoke(main, ["train", str(config)])
+    assert bad.exit_code == 1 and "unknown key 'learning_rate'" in bad.output
+
+
+@pytest.mark.shared_data
+def test_example_jobs_parse(shared_dir):
+    root = pathlib.Path(__file__).resolve().parents[1] / "jobs"
+    config = load_train_config(root / "train_tiny.yaml", {"backbone": None})  # its backbone comes from pretrain
+    assert config.tasks == ["vif", "mef", "mff"] and config.crop == 448
+    from tcmoa.train_config import load_pretrain_config
+
+    assert load_pretrain_config(root / "pretrain_tiny.yaml").mask_ratio == 0.75
+
+
+def test_init_starts_from_saved_weights_and_backbone_wins(workspace, tmp_path):
+    from tcmoa.checkpoints import save_model
+
+    torch.manual_seed(7)
+    start = TCMoA("tiny")
+    save_model(start, tmp_path / "start.safetensors")
+    # Step 1 runs at lr 0 (linear warm-up from 0), so the exported weights are exactly the start's.
+    result = train(_config(workspace, tmp_path / "run", init=str(tmp_path / "start.safetensors"), max_steps=1),
+                   progress=False)
+    exported, backbone = load_file(result.weights), torch.load(workspace / "mae_tiny.pth", weights_only=True)["model"]
+    for name, value in start.state_dict().items():
+        expected = backbone[name] if name in backbone else value
+        assert torch.equal(exported[name], expected), name
