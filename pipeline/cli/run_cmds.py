@@ -1,0 +1,229 @@
+"""`tcmoa run`, `tcmoa status`, `tcmoa fuse`, `tcmoa samples`: wiring between click and the engine.
+
+Exit codes (run, fuse): 0 every item done, 1 some items failed, 2 the job could not start
+(invalid job file, run directory refused).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import click
+
+EXIT_FAILED_ITEMS = 1
+EXIT_CANNOT_RUN = 2
+
+
+def _output_mode(function):
+    function = click.option("--json", "mode", flag_value="json", help="Print one JSON document on stdout, no progress bar.")(function)
+    return click.option("--quiet", "-q", "mode", flag_value="quiet", help="No progress bar; print only failures.")(function)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(EXIT_CANNOT_RUN)
+
+
+def _print_summary(summary, mode: str | None) -> None:
+    data = summary.to_dict()
+    if mode == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    if mode == "quiet":
+        return
+    click.echo(
+        f"{summary.job}: {summary.items_done} item(s) done, {summary.items_skipped} already done, "
+        f"{summary.items_failed} failed; {summary.units_run} block(s) run, {summary.units_skipped} skipped; "
+        f"{summary.pixels / 1e6:.2f} Mpx in {summary.seconds:.1f} s"
+    )
+    for key, outputs in summary.outputs.items():
+        click.echo(f"  {key}: " + ", ".join(outputs[f] for f in outputs if f != "stac"))
+    if summary.failures:
+        click.echo(f"Run `tcmoa status {summary.run_dir}` for the failure list with tracebacks.")
+
+
+def _run(job, fuser, *, resume: bool, retry_failed: bool, mode: str | None) -> None:
+    from pipeline.engine import run_job
+    from pipeline.manifest import RunDirError
+
+    def report(message: str) -> None:
+        if mode != "json":
+            click.echo(message, err=True)
+
+    try:
+        summary = run_job(job, fuser=fuser, resume=resume, retry_failed=retry_failed, progress=mode is None, report=report)
+    except (RunDirError, ValueError) as exc:
+        _fail(str(exc))
+    _print_summary(summary, mode)
+    sys.exit(EXIT_FAILED_ITEMS if summary.failures else 0)
+
+
+def _load_fuser(job):
+    from pipeline.engine import load_model_fuser
+
+    try:
+        return load_model_fuser(job.model)
+    except (OSError, ValueError, RuntimeError) as exc:
+        _fail(f"model {job.model.weights!r}: {exc}")
+
+
+@click.command("run")
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--dry-run", is_flag=True, help="Print the plan (items, units, pixels, estimated time) and stop.")
+@click.option("--resume", is_flag=True, help="Continue a run in this run directory: done blocks are skipped.")
+@click.option("--retry-failed", is_flag=True, help="Like --resume, and re-run what failed before.")
+@_output_mode
+def run(job_file: pathlib.Path, dry_run: bool, resume: bool, retry_failed: bool, mode: str | None) -> None:
+    """Fuse every item of the archive described by JOB_FILE."""
+    from pipeline.spec import SpecError, load_job
+
+    try:
+        job = load_job(job_file)
+    except SpecError as exc:
+        _fail(str(exc))
+    fuser = _load_fuser(job)
+    if dry_run:
+        _dry_run(job, fuser, mode)
+        return
+    _run(job, fuser, resume=resume, retry_failed=retry_failed, mode=mode)
+
+
+def _dry_run(job, fuser, mode: str | None) -> None:
+    from pipeline.engine import describe_plan, plan_job
+
+    try:
+        plan = plan_job(job, fuser)
+    except ValueError as exc:
+        _fail(str(exc))
+    described = describe_plan(plan, fuser)
+    if mode == "json":
+        click.echo(json.dumps(described, indent=2, default=str))
+        return
+    click.echo(f"job {job.name}  run_dir {job.run_dir}  fingerprint {plan.fingerprint[:12]}")
+    click.echo(f"{'collection':<16}{'items':>7}{'units':>7}{'Mpx':>10}{'tiles':>8}{'model calls':>13}")
+    for name, c in described["collections"].items():
+        click.echo(f"{name:<16}{c['items']:>7}{c['units']:>7}{c['pixels'] / 1e6:>10.2f}{c['tiles']:>8}{c['model_calls']:>13}")
+    t = described["totals"]
+    click.echo(f"{'total':<16}{t['items']:>7}{t['units']:>7}{t['pixels'] / 1e6:>10.2f}{t['tiles']:>8}{t['model_calls']:>13}")
+    if t["grid_tiles"]:
+        click.echo(f"tiles computed / tiles in the grids: {t['tiles'] / t['grid_tiles']:.2f} (halo recomputation at block edges)")
+    click.echo(f"estimated model time: {described['estimated_seconds']:.0f} s on this machine ({fuser.name})")
+    for note in described["notes"]:
+        click.echo(note, err=True)
+    for failure in described["failures"]:
+        click.echo(f"cannot plan {failure['collection']}/{failure['item_id']}: {failure['error']}", err=True)
+
+
+@click.command("status")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.option("--traceback", "show_traceback", is_flag=True, help="Print the traceback of every failure.")
+@_output_mode
+def status(run_dir: pathlib.Path, show_traceback: bool, mode: str | None) -> None:
+    """Items of a run directory: blocks done, status, failures."""
+    from pipeline.status import run_status
+
+    try:
+        report = run_status(run_dir)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if mode == "json":
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    if mode != "quiet":
+        click.echo(f"job {report['job']}  fingerprint {report['fingerprint'][:12]}  run_dir {run_dir}")
+        click.echo(f"{'item':<40}{'status':<10}{'blocks':>12}  error")
+        for item in report["items"]:
+            blocks = f"{item['units_done']}/{item['units']}"
+            error = (item["error"] or "").splitlines()[0][:100] if item["error"] else ""
+            click.echo(f"{item['item'][:39]:<40}{item['status']:<10}{blocks:>12}  {error}")
+        counts = report["counts"]
+        click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
+    for failure in report["failures"]:
+        if mode == "quiet" or show_traceback:
+            click.echo(f"FAILED {failure['item']} ({failure['kind']}): {failure['error']}", err=True)
+        if show_traceback and failure.get("traceback"):
+            click.echo(failure["traceback"], err=True)
+
+
+def parse_task(text: str) -> Any:
+    """'vif', 'mef', 'mff' or a router mix 'vif=0.7,mef=0.3'."""
+    if "=" not in text:
+        return text
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        try:
+            mix[name.strip()] = float(weight)
+        except ValueError:
+            raise click.BadParameter(f"router weight {weight!r} in {text!r} is not a number") from None
+    return mix
+
+
+SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"}
+
+
+@click.command("fuse")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path),
+              help="OUT.tif (COG), OUT.tiff, OUT.png or OUT.zarr.")
+@click.option("--task", default="vif", show_default=True, help="vif, mef, mff or a router mix like vif=0.7,mef=0.3.")
+@click.option("--weights", default="default", show_default=True, help="Weights file, 'default' or a fuser spec.")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="Prompt scale (paper Eq. 8).")
+@click.option("--beta", type=float, default=0.0, show_default=True, help="Prompt shift (paper Eq. 8).")
+@click.option("--tile", type=int, default=448, show_default=True)
+@click.option("--overlap", type=int, default=112, show_default=True)
+@click.option("--normalise", type=click.Choice(["auto", "dtype", "percentile"]), default="auto", show_default=True,
+              help="auto: full dtype range for 8-bit sources, 0.5-99.5 percentiles otherwise.")
+@click.option("--prompts", is_flag=True, help="Also write the prompt map (share of each source per pixel).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              help="Keep the manifest here (default: a temporary folder, removed afterwards).")
+@_output_mode
+def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, tile: int, overlap: int,
+         normalise: str, prompts: bool, run_dir: pathlib.Path | None, mode: str | None) -> None:
+    """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file."""
+    from pipeline.spec import SpecError, parse_job
+
+    fmt = SUFFIX_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        _fail(f"{output}: unsupported output suffix; use one of {', '.join(SUFFIX_FORMATS)}")
+    temporary = run_dir is None
+    run_dir = run_dir or pathlib.Path(tempfile.mkdtemp(prefix="tcmoa-fuse-"))
+    roles = [f"source{i + 1}" for i in range(len(sources))]
+    document = {
+        "name": "fuse",
+        "task": parse_task(task),
+        "discover": {"type": "list", "items": [{"item": output.stem, **dict(zip(roles, map(str, map(pathlib.Path.absolute, map(pathlib.Path, sources)))))}]},
+        "sources": [{"role": r, "normalise": normalise} for r in roles],
+        "reference": roles[0],
+        "tiling": {"tile": tile, "overlap": overlap},
+        "model": {"weights": weights, "alpha": alpha, "beta": beta},
+        "output": {"dir": str(output.parent.absolute()), "name": output.stem, "formats": [fmt], "prompt_maps": prompts},
+        "run_dir": str(run_dir.absolute()),
+    }
+    try:
+        job = parse_job(document, base=pathlib.Path.cwd())
+    except SpecError as exc:
+        _fail(str(exc))
+    try:
+        _run(job, _load_fuser(job), resume=not temporary, retry_failed=False, mode=mode)
+    finally:
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@click.command("samples")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@_output_mode
+def samples(directory: pathlib.Path, mode: str | None) -> None:
+    """Write the sample archive (exposure brackets, focus stacks, an optical + thermal pair) to DIRECTORY."""
+    from pipeline.samples import write_samples
+
+    written = write_samples(directory)
+    if mode == "json":
+        click.echo(json.dumps([str(p) for p in written], indent=2))
+    elif mode != "quiet":
+        click.echo(f"wrote {len(written)} files under {directory}/ (brackets/, focus/, geo/); next: tcmoa run jobs/demo.yaml")

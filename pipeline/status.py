@@ -1,0 +1,45 @@
+"""What a run directory says about its items: blocks done, status, failures (for `tcmoa status`)."""
+from __future__ import annotations
+
+import pathlib
+
+from pipeline.manifest import RunDir
+
+
+def run_status(path: str | pathlib.Path) -> dict:
+    run_dir = RunDir(path)
+    job = run_dir.job_record()
+    items_table = run_dir.read_table("items.parquet")
+    if job is None or items_table is None:
+        raise FileNotFoundError(f"{path}: not a tcmoa run directory (no job.json / items.parquet)")
+    plan_table = run_dir.read_table("plan.parquet")
+    latest = run_dir.latest()
+    units_of: dict[str, list[str]] = {}
+    for row in plan_table.to_pylist() if plan_table is not None else []:
+        units_of.setdefault(row["item"], []).append(row["unit_id"])
+
+    items, failures = [], []
+    for row in items_table.to_pylist():
+        key = f"{row['collection']}/{row['item_id']}"
+        unit_ids = units_of.get(key, [])
+        unit_records = [latest.get(("unit", u)) for u in unit_ids]
+        done = sum(1 for r in unit_records if r and r["status"] == "done")
+        records = [latest.get(("prepare", row["prepare_id"])), *unit_records, latest.get(("item", row["finalize_id"]))]
+        failed = [r for r in records if r and r["status"] == "failed"]
+        finished = records[-1] is not None and records[-1]["status"] == "done"
+        if row["status"] == "failed":
+            state, error = "failed", row["error"]
+            failures.append({"item": key, "kind": "plan", "error": row["error"], "traceback": None})
+        elif finished:
+            state, error = "done", None
+        elif failed:
+            state, error = "failed", failed[0]["error"]
+            failures += [{"item": key, "kind": r["kind"], "error": r["error"], "traceback": r["traceback"]} for r in failed]
+        else:
+            state, error = "pending", None
+        items.append({"item": key, "status": state, "units": len(unit_ids), "units_done": done, "error": error,
+                      "output": row["output"]})
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    return {"job": job.get("name"), "fingerprint": job["fingerprint"], "items": items, "counts": counts, "failures": failures}

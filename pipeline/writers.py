@@ -1,0 +1,393 @@
+"""Output stores and files: Zarr blocks, COG / TIFF / PNG exports, atomic renames, checksums.
+
+Every item is first assembled in a Zarr store in the run directory: created once (arrays,
+coordinates, attributes) before any unit runs, then each unit writes only its own chunk-aligned
+block, so each chunk has exactly one writer. When all blocks of an item are done, the files are
+exported from that store once: a tiled GeoTIFF written window by window, copied to a COG by GDAL
+(overviews, CRS, tags), or to PNG/TIFF for photos. Every file appears under a temporary name and
+is renamed into place; the Zarr store is renamed into the outputs as a whole.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import hashlib
+import math
+import mmap
+import os
+import pathlib
+import shutil
+import struct
+import uuid
+import warnings
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.sources import Grid
+from pipeline.tiling import Block
+
+FUSED = "fused"
+PROMPTS = "prompt_share"
+GDAL_ENV = {"GDAL_PAM_ENABLED": "NO", "GDAL_CACHEMAX": 256, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+# ----------------------------------------------------------------------------- files
+def temporary_sibling(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temporaries(path: pathlib.Path) -> None:
+    """Delete temporaries of `path` left by a process that was killed while writing it."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+            remove(stale)
+
+
+def remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_into_place(tmp: pathlib.Path, dst: pathlib.Path) -> None:
+    """Rename tmp onto dst. A directory already at dst is moved aside first, then deleted."""
+    if dst.is_dir() and not dst.is_symlink():
+        old = temporary_sibling(dst)
+        os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+def move_into_place(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Move a finished file or store to dst: a rename, or a copy under a temporary name when dst
+    is on another file system."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(dst)
+    try:
+        try:
+            os.replace(src, tmp)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp)
+            remove(src)
+        replace_into_place(tmp, dst)
+    finally:
+        if tmp.exists():
+            remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(dst: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yield a temporary name beside dst; rename it into place on success, delete it on failure."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(dst)
+    try:
+        yield tmp
+        replace_into_place(tmp, dst)
+    finally:
+        if tmp.exists():
+            remove(tmp)
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: pathlib.Path) -> str:
+    """A directory's checksum: sha256 over the sorted (relative path, file sha256) pairs."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def sha256_output(path: pathlib.Path) -> str:
+    return sha256_tree(path) if path.is_dir() else sha256_file(path)
+
+
+def check_writable(directory: pathlib.Path) -> None:
+    """Fail early, naming the folder, when outputs cannot be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = temporary_sibling(directory / "probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"{directory}: output directory is not writable ({exc.strerror or exc})") from None
+
+
+# ----------------------------------------------------------------------------- zarr
+def json_safe(value: Any) -> Any:
+    """Strict-JSON form: NaN and infinities (a float nodata value) become the strings "NaN", "Infinity"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _geo_attributes(grid: Grid) -> dict:
+    """CRS and transform in the GeoZarr (proj:/spatial:) convention."""
+    if not grid.georeferenced:
+        return {}
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(grid.crs)
+    epsg = crs.to_epsg()
+    return {
+        "proj:code": f"EPSG:{epsg}" if epsg else None,
+        "proj:wkt2": crs.to_wkt(),
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": list(grid.transform),
+        "spatial:shape": [grid.height, grid.width],
+        "spatial:registration": "pixel",
+    }
+
+
+def create_store(
+    path: pathlib.Path, *, grid: Grid, channels: int, dtype: np.dtype, nodata: float | None, chunk: int,
+    band_names: list[str], prompt_names: list[str] | None, attributes: dict,
+) -> None:
+    """Create the item's store once, before any block is written (workers only write regions)."""
+    import zarr
+
+    fill = nodata if nodata is not None else 0
+    group = zarr.open_group(path, mode="w", attributes=json_safe({**attributes, **_geo_attributes(grid)}))
+    fused_attrs = {"band_names": band_names, "nodata": nodata, "long_name": "fused image"}
+    if grid.georeferenced:
+        fused_attrs.update(grid_mapping="spatial_ref", **_geo_attributes(grid))
+    if nodata is not None:
+        fused_attrs["_FillValue"] = nodata
+    group.create_array(
+        FUSED, shape=(channels, grid.height, grid.width), chunks=(channels, chunk, chunk), dtype=dtype,
+        fill_value=fill, dimension_names=("band", "y", "x"), attributes=json_safe(fused_attrs),
+    )
+    if prompt_names:
+        group.create_array(
+            PROMPTS, shape=(len(prompt_names), grid.height, grid.width), chunks=(len(prompt_names), chunk, chunk),
+            dtype="float32", fill_value=float("nan"), dimension_names=("source", "y", "x"),
+            attributes={"source_names": prompt_names, "long_name": "share of each source per pixel (TC-MoA prompts)",
+                        **({"grid_mapping": "spatial_ref"} if grid.georeferenced else {})},
+        )
+    band = group.create_array("band", shape=(channels,), dtype="int32", dimension_names=("band",), attributes={"band_names": band_names})
+    band[:] = np.arange(1, channels + 1, dtype=np.int32)
+    if grid.georeferenced:
+        a, b, c, d, e, f = grid.transform
+        x = group.create_array("x", shape=(grid.width,), dtype="float64", dimension_names=("x",),
+                               attributes={"standard_name": "projection_x_coordinate", "axis": "X"})
+        x[:] = c + a * (np.arange(grid.width) + 0.5)
+        y = group.create_array("y", shape=(grid.height,), dtype="float64", dimension_names=("y",),
+                               attributes={"standard_name": "projection_y_coordinate", "axis": "Y"})
+        y[:] = f + e * (np.arange(grid.height) + 0.5)
+        # CF / rioxarray grid mapping: a scalar variable holding the CRS and the GDAL geotransform
+        group.create_array("spatial_ref", shape=(), dtype="int32", attributes={
+            "crs_wkt": grid.crs, "spatial_ref": grid.crs,
+            "GeoTransform": " ".join(repr(float(v)) for v in (c, a, b, f, d, e)),
+        })
+
+
+def block_checksum(fused: np.ndarray, prompts: np.ndarray | None) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(fused).tobytes())
+    if prompts is not None:
+        digest.update(np.ascontiguousarray(prompts).tobytes())
+    return digest.hexdigest()
+
+
+def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np.ndarray | None) -> str:
+    """Write one unit's block and read it back: the checksum is of what the store now holds."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    region = (slice(None), slice(block.y0, block.y1), slice(block.x0, block.x1))
+    group[FUSED][region] = fused
+    if prompts is not None:
+        group[PROMPTS][region] = prompts
+    back = group[FUSED][region]
+    back_prompts = group[PROMPTS][region] if prompts is not None else None
+    if not np.array_equal(back, fused, equal_nan=fused.dtype.kind == "f") or (
+        prompts is not None and not np.array_equal(back_prompts, prompts, equal_nan=True)
+    ):
+        raise OSError(f"{path}: block {block.row},{block.col} reads back different from what was written")
+    return block_checksum(back, back_prompts)
+
+
+# ----------------------------------------------------------------------------- file exports
+def _gtiff_from_store(
+    store: pathlib.Path, array: str, dst: pathlib.Path, *, grid: Grid, nodata: float | None, band_names: list[str],
+    tags: dict, blocksize: int, compress: str, rows: int,
+) -> None:
+    """Copy one store array into a tiled GeoTIFF, a band of rows at a time (bounded memory)."""
+    import rasterio
+    import zarr
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+
+    data = zarr.open_group(store, mode="r")[array]
+    channels = data.shape[0]
+    profile = {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": channels, "dtype": data.dtype.name,
+        "tiled": True, "blockxsize": blocksize, "blockysize": blocksize, "compress": compress, "bigtiff": "IF_SAFER",
+        "nodata": nodata,
+    }
+    if channels == 3 and data.dtype == np.uint8:
+        profile["photometric"] = "RGB"
+    if grid.georeferenced:
+        profile.update(crs=grid.crs, transform=Affine(*grid.transform))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # photos have no CRS
+        out = rasterio.open(dst, "w", **profile)
+    with out:
+        out.update_tags(**{k: str(v) for k, v in tags.items()})
+        for i, name in enumerate(band_names, start=1):
+            out.set_band_description(i, name)
+        for y0 in range(0, grid.height, rows):
+            y1 = min(y0 + rows, grid.height)
+            out.write(data[:, y0:y1, :], window=Window(0, y0, grid.width, y1 - y0))
+
+
+def export_files(
+    store: pathlib.Path, targets: dict[str, pathlib.Path], *, array: str, grid: Grid, nodata: float | None,
+    band_names: list[str], tags: dict, blocksize: int, compress: str, rows: int,
+) -> dict[str, pathlib.Path]:
+    """Write the requested files (cog, tiff, png) of one store array, each atomically."""
+    import rasterio
+    import rasterio.shutil
+
+    written: dict[str, pathlib.Path] = {}
+    compress_opt = None if compress == "none" else compress
+    with rasterio.Env(**GDAL_ENV):
+        for dst in targets.values():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        first = next(iter(targets.values()))
+        intermediate = temporary_sibling(first.with_suffix(".tif"))
+        try:
+            # the intermediate is read right away and deleted: compressing it would only cost time
+            _gtiff_from_store(store, array, intermediate, grid=grid, nodata=nodata, band_names=band_names, tags=tags,
+                              blocksize=blocksize, compress="none", rows=rows)
+            for fmt, dst in targets.items():
+                with atomic_path(dst) as tmp:
+                    if fmt == "cog":
+                        rasterio.shutil.copy(
+                            intermediate, tmp, driver="COG", compress=compress_opt or "NONE", blocksize=blocksize,
+                            overview_resampling="average", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
+                        )
+                    elif fmt == "png":
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                            rasterio.shutil.copy(intermediate, tmp, driver="PNG")
+                    else:
+                        rasterio.shutil.copy(intermediate, tmp, driver="GTiff", tiled=True, blockxsize=blocksize,
+                                             blockysize=blocksize, compress=compress_opt or "NONE", bigtiff="IF_SAFER")
+                written[fmt] = dst
+        except Exception:
+            for dst in written.values():
+                remove(dst)
+            raise
+        finally:
+            remove(intermediate)
+    return written
+
+
+# ----------------------------------------------------------------------------- COG check
+def validate_cog(path: str | pathlib.Path) -> list[str]:
+    """Problems that make `path` not a valid Cloud-Optimized GeoTIFF (empty list: valid).
+
+    The checks of GDAL's validate_cloud_optimized_geotiff.py (what `rio cogeo validate` runs), done
+    with rasterio and tifffile: tiled, internal overviews by decreasing size (required above one
+    block), main IFD right after GDAL's structural metadata, IFDs before the image data, data of the
+    smallest overview first and of the full resolution last, tiles in row-major order, leader and
+    trailer bytes as declared.
+    """
+    import rasterio
+
+    path = pathlib.Path(path)
+    errors: list[str] = []
+    with rasterio.open(path) as ds:
+        if ds.driver != "GTiff":
+            return [f"{path}: not a GeoTIFF ({ds.driver})"]
+        block_h, block_w = ds.block_shapes[0]
+        big = ds.width > 512 or ds.height > 512
+        if big and (block_w == ds.width or not ds.profile.get("tiled")):
+            errors.append("larger than 512 pixels but not tiled")
+        overview_factors = ds.overviews(1)
+        if (ds.width > block_w or ds.height > block_h) and not overview_factors:
+            errors.append("larger than one block but has no internal overviews")
+        if any(f.name.endswith(".ovr") for f in map(pathlib.Path, ds.files)):
+            errors.append("overviews are in an external .ovr file")
+
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as raw:
+        errors += _layout_problems(path, raw, big)
+    return errors
+
+
+def _layout_problems(path: pathlib.Path, raw, big: bool) -> list[str]:
+    """IFD and data layout checks on the file's bytes (raw: bytes-like)."""
+    import tifffile
+
+    errors: list[str] = []
+    bigtiff = raw[:4] in (b"II+\x00", b"MM\x00+")
+    expected_ifd = 16 if bigtiff else 8
+    structural = ""
+    marker = b"GDAL_STRUCTURAL_METADATA_SIZE="
+    if raw[expected_ifd:expected_ifd + len(marker)] == marker:
+        size = int(raw[expected_ifd + len(marker):expected_ifd + len(marker) + 6])
+        header_len = len("GDAL_STRUCTURAL_METADATA_SIZE=000000 bytes\n")
+        structural = raw[expected_ifd + header_len:expected_ifd + header_len + size].decode("latin1")
+        expected_ifd += header_len + size
+        expected_ifd += expected_ifd % 2
+    if "KNOWN_INCOMPATIBLE_EDITION=YES" in structural:
+        errors.append("KNOWN_INCOMPATIBLE_EDITION=YES is declared in the file")
+
+    with tifffile.TiffFile(path) as tif:
+        images = [p for p in tif.pages if not (int(p.subfiletype) & 4)]  # drop mask IFDs
+        main, overviews = images[0], images[1:]
+        if main.offset != expected_ifd:
+            errors.append(f"main IFD at byte {main.offset}, expected {expected_ifd}")
+        if main.is_tiled is False and big:
+            errors.append("main image is not tiled")
+        previous = main
+        for i, page in enumerate(overviews):
+            if page.shape[0] > previous.shape[0] or page.shape[1] > previous.shape[1]:
+                errors.append(f"overview {i} is larger than the level before it")
+            if page.offset < previous.offset:
+                errors.append(f"IFD of overview {i} comes before the IFD of the level before it")
+            if not page.is_tiled:
+                errors.append(f"overview {i} is not tiled")
+            previous = page
+        first_data = [min(o for o in p.dataoffsets if o) if any(p.dataoffsets) else None for p in images]
+        last_ifd = max(p.offset for p in tif.pages)
+        if first_data[-1] is not None and first_data[-1] < last_ifd:
+            errors.append("image data starts before the last IFD (IFDs must come first)")
+        for i in range(len(first_data) - 1, 0, -1):
+            if first_data[i] is not None and first_data[i - 1] is not None and first_data[i - 1] < first_data[i]:
+                level = "the full-resolution image" if i == 1 else f"overview {i - 2}"
+                errors.append(f"data of {level} comes before the data of overview {i - 1} (smallest must come first)")
+        for index, page in enumerate(images):
+            name = "main image" if index == 0 else f"overview {index - 1}"
+            offsets = [o for o in page.dataoffsets if o]
+            counts = [c for o, c in zip(page.dataoffsets, page.databytecounts) if o]
+            if "BLOCK_ORDER=ROW_MAJOR" in structural and any(b < a for a, b in zip(offsets, offsets[1:])):
+                errors.append(f"{name}: tiles are not in row-major order")
+            if "BLOCK_LEADER=SIZE_AS_UINT4" in structural:
+                for offset, count in zip(offsets, counts):
+                    if struct.unpack("<I", raw[offset - 4:offset])[0] != count:
+                        errors.append(f"{name}: a tile's leader bytes differ from its size")
+                        break
+            if "BLOCK_TRAILER=LAST_4_BYTES_REPEATED" in structural:
+                for offset, count in zip(offsets, counts):
+                    if count >= 4 and raw[offset + count - 4:offset + count] != raw[offset + count:offset + count + 4]:
+                        errors.append(f"{name}: a tile's trailer bytes are invalid")
+                        break
+    return errors

@@ -1,0 +1,218 @@
+"""Classical fusion baselines that implement the `Fuser` protocol.
+
+    average    pixel average of the two sources
+    laplacian  Laplacian-pyramid fusion: max-abs selection of detail coefficients, averaged base
+    mertens    exposure fusion (Mertens, Kautz & Van Reeth 2007): contrast, saturation and
+               well-exposedness weights blended over Gaussian/Laplacian pyramids
+
+Any size, grey or RGB. Two RGB sources are fused in RGB; a grey and an RGB source are fused in
+luminance (Y of BT.601 YCbCr) and the chroma of the RGB source is kept, the usual practice for
+visible/infrared pairs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+import tcmoa
+from tcmoa.interface import FusionResult, RouterSpec, as_nhwc, check_pair, output_channels
+
+# Burt & Adelson's generating kernel (a = 0.375).
+_PYRAMID_KERNEL = np.array([0.0625, 0.25, 0.375, 0.25, 0.0625])
+
+# BT.601 full-range RGB <-> YCbCr (JPEG).
+_RGB_TO_YCBCR = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+)
+_YCBCR_TO_RGB = np.linalg.inv(_RGB_TO_YCBCR)
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    """Separable 5-tap smoothing of (N, H, W, C) over H and W, symmetric borders."""
+    x = ndimage.correlate1d(x, _PYRAMID_KERNEL, axis=1, mode="reflect")
+    return ndimage.correlate1d(x, _PYRAMID_KERNEL, axis=2, mode="reflect")
+
+
+def _downsample(x: np.ndarray) -> np.ndarray:
+    return _blur(x)[:, ::2, ::2]
+
+
+def _upsample(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Expand to (H, W) = shape: zero insertion and the 5-tap kernel (x4), on an edge-padded copy
+    so that the borders are interpolated like the interior."""
+    n, h, w, c = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    up = np.zeros((n, 2 * (h + 2), 2 * (w + 2), c), dtype=x.dtype)
+    up[:, ::2, ::2] = 4 * padded
+    up = _blur(up)
+    return up[:, 2 : 2 + shape[0], 2 : 2 + shape[1]]
+
+
+def pyramid_levels(shape: tuple[int, int], wanted: int | None = None) -> int:
+    """Number of pyramid levels for an (H, W) image: `wanted`, or as deep as the image allows."""
+    deepest = max(1, int(np.floor(np.log2(max(1, min(shape))))))
+    return deepest if wanted is None else max(1, min(wanted, deepest))
+
+
+def gaussian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
+    pyr = [x]
+    for _ in range(levels - 1):
+        pyr.append(_downsample(pyr[-1]))
+    return pyr
+
+
+def laplacian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
+    gauss = gaussian_pyramid(x, levels)
+    details = [g - _upsample(g_next, g.shape[1:3]) for g, g_next in zip(gauss[:-1], gauss[1:])]
+    return details + [gauss[-1]]
+
+
+def collapse(pyr: list[np.ndarray]) -> np.ndarray:
+    out = pyr[-1]
+    for detail in reversed(pyr[:-1]):
+        out = detail + _upsample(out, detail.shape[1:3])
+    return out
+
+
+def _rgb_to_ycbcr(x: np.ndarray) -> np.ndarray:
+    out = x @ _RGB_TO_YCBCR.T
+    out[..., 1:] += 0.5
+    return out
+
+
+def _ycbcr_to_rgb(x: np.ndarray) -> np.ndarray:
+    shifted = x.copy()
+    shifted[..., 1:] -= 0.5
+    return shifted @ _YCBCR_TO_RGB.T
+
+
+class _PairFuser:
+    """Shared batch handling: validation, grey/RGB mixing, clipping, provenance."""
+
+    name = "baseline"
+    tile_multiple = 1
+
+    def fuse_batch(
+        self, a: Any, b: Any, task: RouterSpec = "vif", *, return_prompts: bool = False
+    ) -> FusionResult:
+        a = as_nhwc(a, "source A").astype(np.float64)
+        b = as_nhwc(b, "source B").astype(np.float64)
+        check_pair(a, b)
+        if a.shape[-1] == b.shape[-1]:
+            fused = self._fuse(a, b)
+        else:
+            # One grey, one RGB source: fuse luminance, keep the chroma of the RGB source.
+            rgb, grey, rgb_first = (a, b, True) if a.shape[-1] == 3 else (b, a, False)
+            ycc = _rgb_to_ycbcr(rgb)
+            y = ycc[..., :1]
+            y_fused = self._fuse(y, grey) if rgb_first else self._fuse(grey, y)
+            fused = _ycbcr_to_rgb(np.concatenate([y_fused, ycc[..., 1:]], axis=-1))
+        assert fused.shape[-1] == output_channels(a, b)
+        return FusionResult(image=np.clip(fused, 0.0, 1.0).astype(np.float32))
+
+    def fuse(self, a: Any, b: Any, task: RouterSpec = "vif") -> np.ndarray:
+        """One pair (HxW or HxWxC, values in [0, 1]) -> the fused HxWxC float32 image."""
+        return self.fuse_batch(a, b, task).image[0]
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "baseline", "options": self.options(), "tcmoa": tcmoa.__version__}
+
+    def _fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Fuse (N, H, W, C) float64 pairs with the same C."""
+        raise NotImplementedError
+
+
+class AverageFuser(_PairFuser):
+    """Pixel average of the two sources."""
+
+    name = "average"
+
+    def _fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a + b) / 2
+
+
+class LaplacianFuser(_PairFuser):
+    """Laplacian pyramid fusion: at each detail level the coefficient of larger magnitude (summed
+    over colour channels, so a pixel takes all its channels from one source), base level averaged."""
+
+    name = "laplacian"
+
+    def __init__(self, levels: int = 4) -> None:
+        if levels < 1:
+            raise ValueError(f"levels must be >= 1, got {levels}")
+        self.levels = levels
+
+    def options(self) -> dict[str, Any]:
+        return {"levels": self.levels}
+
+    def _fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        levels = pyramid_levels(a.shape[1:3], self.levels)
+        pa, pb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
+        fused = []
+        for da, db in zip(pa[:-1], pb[:-1]):
+            take_a = np.abs(da).sum(axis=-1, keepdims=True) >= np.abs(db).sum(axis=-1, keepdims=True)
+            fused.append(np.where(take_a, da, db))
+        fused.append((pa[-1] + pb[-1]) / 2)
+        return collapse(fused)
+
+
+class MertensFuser(_PairFuser):
+    """Exposure fusion (Mertens et al. 2007) of the two sources.
+
+    Weight per pixel = contrast^wc * saturation^ws * well-exposedness^we, normalised over the
+    sources and blended on a Gaussian pyramid against the sources' Laplacian pyramids (full depth).
+    Grey sources have no saturation term.
+    """
+
+    name = "mertens"
+
+    def __init__(
+        self, contrast: float = 1.0, saturation: float = 1.0, exposedness: float = 1.0, sigma: float = 0.2
+    ) -> None:
+        self.contrast, self.saturation, self.exposedness, self.sigma = contrast, saturation, exposedness, sigma
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "contrast": self.contrast,
+            "saturation": self.saturation,
+            "exposedness": self.exposedness,
+            "sigma": self.sigma,
+        }
+
+    def weights(self, x: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) in [0, 1] -> (N, H, W, 1) unnormalised weights."""
+        grey = x @ np.array([0.299, 0.587, 0.114]) if x.shape[-1] == 3 else x[..., 0]
+        laplace = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+        contrast = np.abs(ndimage.correlate(grey, laplace[None], mode="nearest"))
+        w = contrast**self.contrast
+        if x.shape[-1] == 3:
+            w = w * x.std(axis=-1) ** self.saturation
+        exposed = np.exp(-((x - 0.5) ** 2) / (2 * self.sigma**2)).prod(axis=-1)
+        w = w * exposed**self.exposedness
+        return w[..., None]
+
+    def _fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        wa, wb = self.weights(a) + 1e-12, self.weights(b) + 1e-12
+        total = wa + wb
+        wa, wb = wa / total, wb / total
+        levels = pyramid_levels(a.shape[1:3])
+        ga, gb = gaussian_pyramid(wa, levels), gaussian_pyramid(wb, levels)
+        la, lb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
+        return collapse([wa_l * xa + wb_l * xb for wa_l, wb_l, xa, xb in zip(ga, gb, la, lb)])
+
+
+BASELINES: dict[str, type] = {"average": AverageFuser, "laplacian": LaplacianFuser, "mertens": MertensFuser}
+
+
+def get_baseline(name: str, **options: Any) -> _PairFuser:
+    """A baseline fuser by name ('average', 'laplacian', 'mertens'), with its options."""
+    try:
+        cls = BASELINES[name]
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; baselines: {sorted(BASELINES)}") from None
+    return cls(**options)

@@ -1,0 +1,108 @@
+"""Stand-in fusers and small raster builders for the pipeline tests (imported by tests/test_pipeline_*.py)."""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from tcmoa.interface import FusionResult
+
+
+def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    return np.repeat(x, channels, axis=-1) if x.shape[-1] != channels else x
+
+
+class SourceAFuser:
+    """Returns source A unchanged (broadcast to the output channels): any job must give back A."""
+
+    name = "stand-in:source-a"
+    tile_multiple = 112
+
+    def __init__(self, tile_multiple: int = 112):
+        self.tile_multiple = tile_multiple
+        self.calls = 0
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
+        self.calls += 1
+        channels = 3 if max(a.shape[-1], b.shape[-1]) == 3 else 1
+        prompts = np.ones(a.shape[:3], np.float32) if return_prompts else None
+        return FusionResult(_to_channels(a, channels).astype(np.float32), prompts)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+class ContextFuser(SourceAFuser):
+    """Output depends on the whole tile (its mean), like a real network's receptive field: tiles
+    disagree where they overlap, so blending and block boundaries matter."""
+
+    name = "stand-in:context"
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
+        channels = 3 if max(a.shape[-1], b.shape[-1]) == 3 else 1
+        a3, b3 = _to_channels(a, channels), _to_channels(b, channels)
+        context = a3.mean(axis=(1, 2), keepdims=True) - b3.mean(axis=(1, 2), keepdims=True)
+        out = np.clip(0.5 * (a3 + b3) + 0.2 * context, 0, 1).astype(np.float32)
+        prompts = np.clip(0.5 + 0.5 * (a3 - b3).mean(-1), 0, 1).astype(np.float32) if return_prompts else None
+        return FusionResult(out, prompts)
+
+
+class FailingFuser(SourceAFuser):
+    name = "stand-in:failing"
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
+        raise RuntimeError("model exploded")
+
+
+def write_geotiff(
+    path: pathlib.Path, data: np.ndarray, *, crs: str | None = "EPSG:32632", transform=None, nodata=None,
+    tiled: bool = True, blocksize: int = 64,
+) -> pathlib.Path:
+    """data: (C, H, W) or (H, W)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = data[None] if data.ndim == 2 else data
+    profile = {
+        "driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+        "dtype": data.dtype.name, "nodata": nodata,
+    }
+    if tiled and min(data.shape[1:]) >= 16:
+        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    if crs:
+        profile.update(crs=crs, transform=transform or from_origin(500000.0, 5600000.0, 30.0, 30.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+    return path
+
+
+def random_raster(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return (rng.random(shape) * 1000 - 200).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+
+
+def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, formats=("zarr", "cog"),
+             normalise_a: Any = "dtype", normalise_b: Any = "dtype", a_pattern="{scene}_a.tif", b_pattern="{scene}_b.tif",
+             extra_output: dict | None = None, **top) -> dict:
+    """A job document fusing {scene}_a.tif with {scene}_b.tif under root, A as reference."""
+    doc = {
+        "name": "test",
+        "task": "vif",
+        "discover": {"type": "glob", "root": str(root)},
+        "sources": [
+            {"role": "a", "pattern": a_pattern, "normalise": normalise_a},
+            {"role": "b", "pattern": b_pattern, "normalise": normalise_b},
+        ],
+        "reference": "a",
+        "tiling": {"tile": tile, "overlap": overlap, "block": block},
+        "model": {"batch_size": 4},
+        "output": {"formats": list(formats), "chunk": chunk, "dir": str(root / "out"), **(extra_output or {})},
+        "run_dir": str(root / "run"),
+    }
+    doc.update(top)
+    return doc
