@@ -141,7 +141,8 @@ def phase_congruency(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     covy2 = np.zeros((rows, cols), np.float32)
     covxy = np.zeros((rows, cols), np.float32)
     for o in range(NORIENT):
-        eo = scipy.fft.ifft2(spectrum[None] * filters[o], axes=(-2, -1))
+        # The four scales are independent transforms: one per core.
+        eo = scipy.fft.ifft2(spectrum[None] * filters[o], axes=(-2, -1), workers=-1)
         even, odd = eo.real, eo.imag
         amp = np.abs(eo)
         sum_an = amp.sum(axis=0)
@@ -200,11 +201,13 @@ def _masked_correlation(f1, f2, fmax, ff, mask1, mask2, mask3) -> float:
     return float(corr.max(axis=0).sum(dtype=np.float64) / mask3.sum())
 
 
-def zhao_qp(src1: np.ndarray, src2: np.ndarray, fused: np.ndarray, threshold: float = 0.1) -> float:
-    """metricZhao.m on (H, W) images: product of the PC, M and m correlation terms."""
-    pc1, big1, small1 = phase_congruency(src1)
-    pc2, big2, small2 = phase_congruency(src2)
-    pcf, bigf, smallf = phase_congruency(fused)
+def zhao_qp(src1: np.ndarray, src2: np.ndarray, fused: np.ndarray, threshold: float = 0.1, congruency=None) -> float:
+    """metricZhao.m on (H, W) images: product of the PC, M and m correlation terms.
+    `congruency` replaces `phase_congruency` (e.g. by a memoised one)."""
+    congruency = congruency or phase_congruency
+    pc1, big1, small1 = congruency(src1)
+    pc2, big2, small2 = congruency(src2)
+    pcf, bigf, smallf = congruency(fused)
     first = pc1 > pc2
     mask1, mask2 = pc1 > threshold, pc2 > threshold
     mask3 = np.where(first, pc1, pc2) > threshold
@@ -222,4 +225,14 @@ def zhao_qp(src1: np.ndarray, src2: np.ndarray, fused: np.ndarray, threshold: fl
     aliases=("Q_P", "QP"),
 )
 def qp(fused, a, b, conv: Convention) -> float:
-    return float(np.mean([zhao_qp(x, y, f) for f, x, y in zip(planes(fused), planes(a), planes(b))]))
+    # A grey source (infrared) repeats one plane in every RGB channel: its congruency is computed once.
+    computed: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def congruency(img: np.ndarray):
+        key = np.ascontiguousarray(img).tobytes()
+        if key not in computed:
+            computed[key] = phase_congruency(img)
+        return computed[key]
+
+    planes_abf = zip(planes(fused), planes(a), planes(b))
+    return float(np.mean([zhao_qp(x, y, f, congruency=congruency) for f, x, y in planes_abf]))

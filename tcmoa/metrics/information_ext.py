@@ -22,6 +22,7 @@ import numpy as np
 
 from tcmoa.metrics.basic import LEVELS, entropy_of
 from tcmoa.metrics.feature import fmi_features
+from tcmoa.metrics.fmi_window import map_window_fmi, pairwise_fmi, window_pdfs  # noqa: F401 (re-exported)
 from tcmoa.metrics.information import joint_histograms, minmax_levels
 from tcmoa.metrics.prepare import planes
 from tcmoa.metrics.registry import Convention, register
@@ -131,123 +132,27 @@ def window_vectors(feature: np.ndarray, w: int) -> np.ndarray:
     )
 
 
-def window_pdfs(vec: np.ndarray) -> np.ndarray:
-    """fmi.m's marginal pdfs: each window min-max normalised (a constant one becomes all ones)
-    and scaled to sum 1."""
-    lo = vec.min(axis=0)
-    hi = vec.max(axis=0)
-    flat = hi == lo
-    norm = np.where(flat, 1.0, (vec - lo) / np.where(flat, 1.0, hi - lo))
-    return norm / norm.sum(axis=0)
-
-
-def _neg_xlog2x(x: np.ndarray) -> np.ndarray:
-    """-x log2 |x|, 0 at 0 (MATLAB's real(-x .* log2(x)) also for negative x)."""
-    ax = np.abs(x)
-    nz = ax > 0
-    return np.where(nz, -x * np.log2(np.where(nz, ax, 1.0)), 0.0)
-
-
-def pairwise_fmi(src: np.ndarray, fus: np.ndarray) -> np.ndarray:
-    """FMI of window pairs, the inner loop of fmi.m: src, fus (L, N) pdfs -> (N,) values.
-
-    The joint pdf is phi * U + (1 - phi) * f a^T with U the Frechet-bound coupling of the two
-    marginals (upper bound for a non-negative correlation, lower bound otherwise). U is non-zero
-    on at most 2L - 1 cells, a staircase read off the merged breakpoints of the two CDFs, so the
-    joint entropy is the closed form of the product part plus corrections on those cells rather
-    than a sum over all L^2 cells.
-    """
-    l, n = src.shape
-    idx = np.arange(1, l + 1, dtype=float)[:, None]
-    cdf_a = np.cumsum(src, axis=0)
-    cdf_f = np.cumsum(fus, axis=0)
-    ta = src - src.mean(axis=0)
-    tf = fus - fus.mean(axis=0)
-    num = (ta * tf).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where(num == 0, 0.0, num / np.sqrt((ta * ta).sum(axis=0) * (tf * tf).sum(axis=0)))
-    sd_a = np.sqrt(np.maximum((idx**2 * src).sum(axis=0) - (idx * src).sum(axis=0) ** 2, 0.0))
-    sd_f = np.sqrt(np.maximum((idx**2 * fus).sum(axis=0) - (idx * fus).sum(axis=0) ** 2, 0.0))
-    upper = c >= 0
-
-    # Breakpoints on [0, 1] of the coupling: t -> (F^-1(t), A^-1(t)) for the upper bound,
-    # (F^-1(t), A^-1(1 - t)) for the lower one, whose source breakpoints are 1 - A_{L-1}, ..., 1.
-    lower_pts = np.concatenate([1.0 - cdf_a[-2::-1], np.ones((1, n))])
-    b = np.where(upper, cdf_a, lower_pts)
-    # Merge the sorted F and B: count the other sequence's points before each point (F first on ties).
-    b_before_f = (b[None, :, :] < cdf_f[:, None, :]).sum(axis=1)  # (L, N): #B strictly below F_i
-    f_upto_b = (cdf_f[None, :, :] <= b[:, None, :]).sum(axis=1)  # (L, N): #F at or below B_j
-    zero = np.zeros((1, n))
-    b_pad = np.concatenate([zero, b])
-    f_pad = np.concatenate([zero, cdf_f])
-    # Segment ending at F_i starts at max(F_{i-1}, largest B below F_i); cell (i, #B below).
-    start_f = np.maximum(f_pad[:-1], np.take_along_axis(b_pad, b_before_f, axis=0))
-    start_b = np.maximum(b_pad[:-1], np.take_along_axis(f_pad, f_upto_b, axis=0))
-    length = np.maximum(np.concatenate([cdf_f - start_f, b - start_b]), 0.0)
-    ar = np.broadcast_to(np.arange(l)[:, None], (l, n))
-    f_cell = np.concatenate([ar, np.minimum(f_upto_b, l - 1)])
-    b_count = np.concatenate([b_before_f, ar])  # #B points before the segment
-    b_cell = np.minimum(b_count, l - 1)
-
-    # Covariance of the bound: sum_ij min(F_i, A_j) (upper) or max(F_i + A_j - 1, 0) (lower)
-    # = integral of #{F_i > t} #{A_j > t} (or #{j : 1 - A_j < t}) dt, minus sum_ij F_i A_j.
-    f_above = l - np.concatenate([ar, f_upto_b])
-    a_count = np.where(upper, l - b_count, np.minimum(b_count + 1, l))
-    cov = (length * f_above * a_count).sum(axis=0) - cdf_f.sum(axis=0) * cdf_a.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = c / (cov / (sd_f * sd_a))
-    degenerate = (sd_a == 0) | (sd_f == 0) | (upper & (c == 0))
-    ratio = np.where(degenerate | ~np.isfinite(ratio), 0.0, ratio)
-
-    # Joint entropy: product part over all cells in closed form, then the staircase corrections.
-    a_cell = np.where(upper, b_cell, l - 1 - b_cell)
-    h_a = _neg_xlog2x(src).sum(axis=0)
-    h_f = _neg_xlog2x(fus).sum(axis=0)
-    k = 1.0 - ratio
-    log_k = np.log2(np.where(k != 0, np.abs(k), 1.0))
-    joint = np.where(k != 0, -k * (log_k - h_f - h_a), 0.0)
-    cell = k * np.take_along_axis(fus, f_cell, axis=0) * np.take_along_axis(src, a_cell, axis=0)
-    correction = np.where(length > 0, _neg_xlog2x(cell + ratio * length) - _neg_xlog2x(cell), 0.0)
-    mi = h_a + h_f - (joint + correction.sum(axis=0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(mi == 0, 0.0, 2 * mi / (h_a + h_f))
-
-
 def fmi_map_mean(feat_a: np.ndarray, feat_b: np.ndarray, feat_f: np.ndarray, w: int = 3) -> float:
     """fmi.m: mean over the w x w windows of (FMI(a, f) + FMI(b, f)) / 2 for (H, W) feature maps.
 
     Binary feature maps (edges) have at most 2^(w*w) window patterns, so each distinct pair of
     patterns is evaluated once.
     """
-    raw_f = window_vectors(feat_f, w)
+    feats = np.stack([feat_a, feat_b])
     # A pair of binary windows is coded in 2 w^2 bits of an int64.
     binary = w * w <= 31 and all(np.isin(m, (0.0, 1.0)).all() for m in (feat_a, feat_b, feat_f))
-    total = np.zeros(raw_f.shape[1])
-    for feat in (feat_a, feat_b):
-        raw_s = window_vectors(feat, w)
-        if binary:
-            bits = (1 << np.arange(w * w))[:, None]
-            code_s = (raw_s * bits).sum(axis=0).astype(np.int64)
-            codes = (code_s << (w * w)) | (raw_f * bits).sum(axis=0).astype(np.int64)
-            _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-            total += _fmi_windows(raw_s[:, first], raw_f[:, first])[inverse]
-        else:
-            total += _fmi_windows(raw_s, raw_f)
+    if not binary:
+        # Both sources in one pass: the fused window's pdf is shared.
+        every = np.arange((feat_f.shape[0] - w + 1) * (feat_f.shape[1] - w + 1))
+        return float(map_window_fmi(feats, feat_f, w, every).sum(axis=0).mean() / 2)
+    bits = (1 << np.arange(w * w))[:, None]
+    code_f = (window_vectors(feat_f, w) * bits).sum(axis=0).astype(np.int64)
+    total = np.zeros(code_f.size)
+    for m, feat in enumerate((feat_a, feat_b)):
+        codes = ((window_vectors(feat, w) * bits).sum(axis=0).astype(np.int64) << (w * w)) | code_f
+        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        total += map_window_fmi(feats[m : m + 1], feat_f, w, first)[0, inverse]
     return float(total.mean() / 2)
-
-
-# Windows per batch: small enough for the (2L, batch) temporaries to stay in the CPU cache, which
-# makes the many elementwise passes ~10x faster than over all windows at once.
-_BATCH = 4096
-
-
-def _fmi_windows(raw_s: np.ndarray, raw_f: np.ndarray) -> np.ndarray:
-    out = np.empty(raw_s.shape[1])
-    for i in range(0, raw_s.shape[1], _BATCH):
-        s, f = raw_s[:, i : i + _BATCH], raw_f[:, i : i + _BATCH]
-        same = np.all(s == f, axis=0)
-        out[i : i + _BATCH] = np.where(same, 1.0, pairwise_fmi(window_pdfs(s), window_pdfs(f)))
-    return out
 
 
 def _fmi(fused, a, b, conv: Convention, metric: str, feature: str) -> float:
