@@ -154,8 +154,9 @@ def main() -> None:
         print(f"time per Mpx: max/min = {max(per_mpx) / min(per_mpx):.3f} wall, "
               f"{max(cpu_per_mpx) / min(cpu_per_mpx):.3f} cpu (target <= 1.15)")
         print(f"time per tile: max/min = {max(per_tile) / min(per_tile):.3f}")
-        print(f"peak memory: max/min = {max(peaks) / min(peaks):.2f}; largest size {results[-1]['size']}^2: "
-              f"{results[-1]['peak_rss_gb']:.2f} GB (target < 2.5 GB at 16384^2)")
+        largest = max(results, key=lambda r: r["size"])
+        print(f"peak memory: max/min = {max(peaks) / min(peaks):.2f}; largest size {largest['size']}^2: "
+              f"{largest['peak_rss_gb']:.2f} GB (target < 2.5 GB at 16384^2)")
 
 
 if __name__ == "__main__":
