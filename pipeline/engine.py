@@ -12,7 +12,7 @@ the shares through the reduction, giving each source's share of every output pix
 Units are independent and idempotent: each writes only its own chunk-aligned block and its id is
 a hash of its inputs (files with size and mtime, bands, normalisation), window, model and
 parameters. Items are prepared (radiometry, store) and finished (file exports, STAC) on the
-driver. `pipeline.ray_runner` can put the same `process_unit` calls on actors.
+driver. A cluster runner needs nothing else: it can put the same `process_unit` calls on Ray actors.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline import radiometry, writers
+from pipeline import radiometry, runtime, writers
 from pipeline.discover import DiscoveredItem, discover
 from pipeline.manifest import RunDir, RunDirError, canonical_json, digest, now, stac_item
 from pipeline.radiometry import Stretch
@@ -204,7 +204,7 @@ def plan_item(job: JobSpec, collection: CollectionSpec, found: DiscoveredItem, m
     if "png" in out.formats and dtype not in (np.dtype("uint8"), np.dtype("uint16")):
         raise ValueError(f"item {found.item_id}: png output needs output.dtype uint8 or uint16, not {dtype}")
     base = out.dir / out.name.format(item=found.item_id, collection=collection.name)
-    tiles = make_grid(grid.height, grid.width, job.tiling.tile, job.tiling.overlap, tile_multiple)
+    tiles = make_grid(grid.height, grid.width, job.tiling.tile, job.tiling.overlap, tile_multiple, job.tiling.border_pad)
     settings = {
         "task": collection.task, "tiling": dataclasses.asdict(job.tiling), "model": model_key,
         "output": {"dtype": str(dtype), "scale": out.scale, "valid": out.valid, "nodata": nodata,
@@ -424,10 +424,9 @@ def process_unit(unit: Unit, item: ItemPlan, stretches: list[Stretch], store: pa
             fused, shares = reduce_sources(fuser, item.task, tiles, tile_masks, item.prompt_maps)
         with clock("blend"):
             for i, ((ty, tx), cut) in enumerate(zip(batch, cuts)):
-                weight = window * out_valid[cut]
-                acc.add(fused[i], ty, tx, weight)
+                acc.add(fused[i], ty, tx, window, out_valid[cut])
                 if share_acc is not None:
-                    share_acc.add(shares[i], ty, tx, weight)
+                    share_acc.add(shares[i], ty, tx, window, out_valid[cut])
     with clock("blend"):
         values, covered = acc.result()  # float32: the fused image at the model's precision
         out = radiometry.to_output(values, covered, stretches[item.reference], np.dtype(item.output_dtype), item.scale, item.output_nodata)
@@ -601,6 +600,7 @@ def run_job(
 
     report = report or (lambda message: None)
     start = time.perf_counter()
+    runtime.tune_allocator()
     fuser = fuser or load_model_fuser(job.model)
     plan = plan_job(job, fuser)
     run_dir = RunDir(job.run_dir)

@@ -15,6 +15,7 @@ handles never travel between threads or processes.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import warnings
 from dataclasses import dataclass, replace
@@ -398,6 +399,11 @@ class Reader:
 
 class _RasterReader(Reader):
     def __enter__(self) -> "_RasterReader":
+        import rasterio
+
+        # GDAL decodes the blocks of one read on several threads (TCMOA_IO_THREADS, default all cores)
+        self._env = rasterio.Env(GDAL_NUM_THREADS=os.environ.get("TCMOA_IO_THREADS", "ALL_CPUS"))
+        self._env.__enter__()
         self._opened: list = []
         self._channels: list[tuple[object, int, int | None, str]] = []  # (dataset, band, alpha band, file)
         try:
@@ -439,6 +445,9 @@ class _RasterReader(Reader):
         for ds in reversed(getattr(self, "_opened", [])):
             ds.close()
         self._opened = []
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            env.__exit__(None, None, None)
 
     def _read(self, window, out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.enums import MaskFlags, Resampling
@@ -447,20 +456,28 @@ class _RasterReader(Reader):
         kwargs = {"window": window}
         if out_shape is not None:
             kwargs.update(out_shape=out_shape, resampling=Resampling.nearest)
-        planes, valid = [], None
+        planes, valid = [], None  # planes: (bands, h, w) per dataset read
+        # consecutive bands of one dataset in one call: GDAL decodes each block once, not per band
+        groups: list[tuple[object, list[int], int | None, str]] = []
         for ds, band, alpha, file in self._channels:
+            if groups and groups[-1][0] is ds:
+                groups[-1][1].append(band)
+            else:
+                groups.append((ds, [band], alpha, file))
+        for ds, bands, alpha, file in groups:
             try:
-                planes.append(ds.read(band, **kwargs))
+                data = ds.read(bands, **kwargs)
+                planes.append(data)
                 if alpha is not None:
                     mask = ds.read(alpha, **kwargs) > 0
-                elif self.ref.nodata is not None or ds.mask_flag_enums[band - 1] == [MaskFlags.all_valid]:
-                    mask = np.ones(planes[-1].shape, bool)  # nothing to read: every pixel is valid
+                elif self.ref.nodata is not None or all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands):
+                    mask = np.ones(data.shape[1:], bool)  # nothing to read: every pixel is valid
                 else:
-                    mask = ds.read_masks(band, **kwargs) > 0
+                    mask = np.logical_and.reduce(ds.read_masks(bands, **kwargs) > 0)
             except RasterioIOError as exc:
                 raise self._fail(exc, file) from None
             valid = mask if valid is None else valid & mask
-        raw = np.stack(planes)
+        raw = planes[0] if len(planes) == 1 else np.concatenate(planes)
         return raw, self._mask_values(raw, valid)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:

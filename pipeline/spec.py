@@ -99,6 +99,7 @@ class TilingSpec:
     overlap: int = 112
     block: int = 2048
     window: str = "hann"
+    border_pad: int = 0  # mirrored context added at image borders (costs tiles; 0 = tiles end flush)
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,8 @@ class _Fields:
 
 def _path(base: pathlib.Path, value: str) -> pathlib.Path:
     path = pathlib.Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
+    # resolved, so printed paths and the manifest read runs/x, not jobs/../runs/x
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 def _task(value: Any, where: str, problems: list[str]) -> Any:
@@ -423,8 +425,11 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
         overlap=tf.int("overlap", 112, minimum=0),
         block=tf.int("block", 2048, minimum=16),
         window=tf.choice("window", WINDOWS, "hann"),
+        border_pad=tf.int("border_pad", 0, minimum=0),
     )
     tf.done()
+    if tiling.border_pad >= tiling.tile:
+        tf.fail(f"border_pad {tiling.border_pad} must be smaller than the tile {tiling.tile}", "border_pad")
     if tiling.overlap > tiling.tile // 2:
         tf.fail(f"overlap {tiling.overlap} is more than half the tile {tiling.tile}: at most two tiles should overlap", "overlap")
     for c in collections:

@@ -1,7 +1,11 @@
 """The global tile grid of an item, output blocks, halos and blending.
 
-Tiles are anchored once per item on the image reflect-padded by half the overlap: the first tile
-starts at -pad, tiles advance by (tile - overlap) and the last one is flush with the padded edge.
+Tiles are anchored once per item: the first tile starts at -pad and the last one ends flush with
+the far edge (+pad), with the fewest tiles whose overlaps are at least the requested one, spaced
+evenly (so no tile is spent on a sliver at the end). pad (default 0) adds mirrored context at
+the image borders; where a tile leaves the image (pad > 0, or an image smaller than a tile) the
+image is reflect-padded. Blending needs no pad: a pixel covered by one tile gets that tile's value
+whatever its weight.
 A block (a rectangle of the output aligned to the chunk grid) is computed from every tile that
 touches it, so each block equals the same region of a whole-image run and blocks are independent.
 Overlapping tiles are blended with a window normalised by the summed weights.
@@ -12,19 +16,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import kernels
+
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def axis_origins(length: int, tile: int, overlap: int, pad: int) -> tuple[int, ...]:
-    """Tile starts along one axis, in image coordinates (negative ones lie in the padding)."""
-    domain = max(length + 2 * pad, tile)
-    first, last = -pad, -pad + domain - tile
-    origins = list(range(first, last, tile - overlap))
-    if not origins or origins[-1] != last:
-        origins.append(last)
-    return tuple(origins)
+def axis_origins(length: int, tile: int, overlap: int, pad: int = 0) -> tuple[int, ...]:
+    """Tile starts along one axis, in image coordinates (negative ones lie in the padding):
+    [-pad, length + pad) covered by evenly spaced tiles overlapping by at least `overlap`.
+    An axis shorter than a tile gets one tile centred on it."""
+    span = length + 2 * pad
+    if span <= tile:
+        return (-((tile - length) // 2),)
+    steps = -(-(span - tile) // (tile - overlap))  # ceil: every step at most tile - overlap
+    return tuple(-pad + (k * (span - tile)) // steps for k in range(steps + 1))
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,8 @@ class TileGrid:
         return len(self.ys) * len(self.xs)
 
 
-def make_grid(height: int, width: int, tile: int, overlap: int, multiple: int) -> TileGrid:
+def make_grid(height: int, width: int, tile: int, overlap: int, multiple: int, pad: int = 0) -> TileGrid:
     """The item's grid. Images smaller than a tile get a smaller tile (still a multiple)."""
-    pad = (overlap + 1) // 2
     tile_h = min(tile, round_up(height + 2 * pad, multiple))
     tile_w = min(tile, round_up(width + 2 * pad, multiple))
     return TileGrid(
@@ -133,24 +139,25 @@ class BlockAccumulator:
         self.values = np.zeros((*block.shape, channels), np.float64)
         self.weights = np.zeros(block.shape, np.float64)
 
-    def add(self, tile: np.ndarray, origin_y: int, origin_x: int, weight: np.ndarray) -> None:
-        """tile: (th, tw, C) output of the tile at image origin (origin_y, origin_x); weight: (th, tw)."""
+    def add(self, tile: np.ndarray, origin_y: int, origin_x: int, window: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """tile: (th, tw, C) output of the tile at image origin (origin_y, origin_x), weighted by
+        window (th, tw) and, where `valid` (th, tw) is False, by 0."""
         b = self.block
         y0, y1 = max(origin_y, b.y0), min(origin_y + tile.shape[0], b.y1)
         x0, x1 = max(origin_x, b.x0), min(origin_x + tile.shape[1], b.x1)
         if y0 >= y1 or x0 >= x1:
             return
-        ts = (slice(y0 - origin_y, y1 - origin_y), slice(x0 - origin_x, x1 - origin_x))
-        bs = (slice(y0 - b.y0, y1 - b.y0), slice(x0 - b.x0, x1 - b.x0))
-        w = weight[ts]
-        self.values[bs] += w[..., None] * tile[ts]
-        self.weights[bs] += w
+        use_valid = valid is not None
+        kernels.accumulate(
+            self.values, self.weights, tile, np.asarray(window, np.float64),
+            valid if use_valid else _NO_MASK, use_valid,
+            y0 - origin_y, x0 - origin_x, y0 - b.y0, x0 - b.x0, y1 - y0, x1 - x0,
+        )
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(blended values (h, w, C) float32, covered mask (h, w)); uncovered pixels are 0.
-        Normalises in place (float64, so identical tiles give back their exact float32 values):
-        call once."""
-        covered = self.weights > 0
-        self.weights[~covered] = 1.0  # their sums are 0
-        self.values /= self.weights[..., None]
-        return self.values.astype(np.float32), covered
+        Divides in float64, so identical tiles give back their exact float32 values."""
+        return kernels.normalise_block(self.values, self.weights)
+
+
+_NO_MASK = np.ones((1, 1), bool)

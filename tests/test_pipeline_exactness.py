@@ -11,7 +11,7 @@ import zarr
 from pipeline import radiometry
 from pipeline.engine import run_job
 from pipeline.spec import NormaliseSpec, parse_job
-from pipeline.tiling import BlockAccumulator, axis_origins, blend_window, block_grid, make_grid, reflect_index, tiles_for_block
+from pipeline.tiling import Block, BlockAccumulator, axis_origins, blend_window, block_grid, make_grid, reflect_index, tiles_for_block
 from pipeline_support import ContextFuser, SourceAFuser, pair_job, random_raster, write_geotiff
 
 SIZES = [(300, 257), (41, 41), (113, 500)]
@@ -77,14 +77,20 @@ def test_blocks_are_independent_of_block_size(tmp_path):
 
 
 # ----------------------------------------------------------------------------- tiling unit checks
-@pytest.mark.parametrize("length,tile,overlap", [(41, 224, 112), (300, 112, 32), (1000, 448, 112), (448, 448, 0), (449, 448, 0)])
-def test_tile_origins_cover_the_padded_axis(length, tile, overlap):
-    pad = (overlap + 1) // 2
+@pytest.mark.parametrize("pad", [0, 56])
+@pytest.mark.parametrize("length,tile,overlap", [(41, 224, 112), (300, 112, 32), (1000, 448, 112), (448, 448, 0), (449, 448, 0), (2048, 448, 112)])
+def test_tile_origins_cover_the_padded_axis(length, tile, overlap, pad):
     origins = axis_origins(length, tile, overlap, pad)
+    if length + 2 * pad <= tile:  # one tile, centred on the axis
+        assert origins == (-((tile - length) // 2),)
+        return
     assert origins[0] == -pad
-    assert origins[-1] + tile == max(length + pad, -pad + tile)  # last tile flush with the padded edge
+    assert origins[-1] + tile == length + pad  # last tile flush with the padded edge
     steps = np.diff(origins)
     assert (steps <= tile - overlap).all() and (steps > 0).all()
+    # the fewest tiles: one fewer could not keep the overlap
+    assert (len(origins) - 2) * (tile - overlap) < length + 2 * pad - tile
+    assert steps.max() - steps.min() <= 1  # evenly spaced
 
 
 def test_blocks_tile_the_image_and_see_their_tiles():
@@ -136,3 +142,42 @@ def test_percentile_stretch_ignores_invalid_pixels():
     assert stretch.lo == (100.0,) and stretch.hi == (101.0,)  # constant valid data: hi = lo + 1
     with pytest.raises(ValueError, match="no valid pixel"):
         radiometry.compute_stretch(sample, np.zeros_like(valid), NormaliseSpec(method="percentile"), np.dtype("uint16"))
+
+
+# ----------------------------------------------------------------------------- compiled kernels
+@pytest.mark.parametrize("dtype,nodata", [("uint8", 0.0), ("uint16", 65535.0), ("int16", -32768.0), ("uint16", None), ("uint8", 7.0)])
+def test_compiled_output_conversion_equals_the_numpy_form(dtype, nodata):
+    from pipeline.radiometry import INTEGER_RANGES, _to_integer_compiled, _to_output_numpy
+
+    rng = np.random.default_rng(1)
+    values = rng.random((37, 53, 3), dtype=np.float32)
+    values[0, :5] = np.array([0.0, 1.0, 0.5, 7 / 255, 1e-9], np.float32)[:, None]  # range ends, ties, the nodata level
+    valid = rng.random((37, 53)) > 0.2
+    lo_d, hi_d = INTEGER_RANGES[np.dtype(dtype)]
+    for lo, hi in ((np.full(3, float(lo_d)), np.full(3, float(hi_d))), (np.array([3.0, 10.0, 0.0]), np.array([200.0, 250.0, 255.0]))):
+        np.testing.assert_array_equal(
+            _to_integer_compiled(values, valid, lo, hi, np.dtype(dtype), nodata),
+            _to_output_numpy(values, valid, lo, hi, np.dtype(dtype), nodata),
+        )
+
+
+def test_compiled_blend_equals_the_numpy_form():
+    rng = np.random.default_rng(2)
+    block = Block(0, 0, 10, 90, 5, 75)
+    acc = BlockAccumulator(block, 3)
+    values, weights = np.zeros((80, 70, 3)), np.zeros((80, 70))
+    window = blend_window(48, 48, 16, "hann")
+    for oy, ox in ((0, 0), (30, 20), (60, 50), (-10, 40)):
+        tile = rng.random((48, 48, 3), dtype=np.float32)
+        valid = rng.random((48, 48)) > 0.1
+        acc.add(tile, oy, ox, window, valid)
+        y0, y1, x0, x1 = max(oy, 10), min(oy + 48, 90), max(ox, 5), min(ox + 48, 75)
+        w = (window * valid)[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        values[y0 - 10:y1 - 10, x0 - 5:x1 - 5] += w[..., None] * tile[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        weights[y0 - 10:y1 - 10, x0 - 5:x1 - 5] += w
+    np.testing.assert_array_equal(acc.values, values)
+    np.testing.assert_array_equal(acc.weights, weights)
+    blended, covered = acc.result()
+    np.testing.assert_array_equal(covered, weights > 0)
+    expected = np.where(covered[..., None], values / np.where(covered, weights, 1.0)[..., None], 0.0).astype(np.float32)
+    np.testing.assert_array_equal(blended, expected)
