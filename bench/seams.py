@@ -11,17 +11,20 @@ from ../shared/data; the generated sample brackets when ../shared is absent):
 Seam measure: the luminance gradient energy across a line (squared difference between the pixels
 on either side), in 32 px segments along it, divided by the same energy of the whole-image fusion
 on the same segment: the image content cancels (both fused the same pixels), what is left is what
-the tiling changed. The median of these ratios over every segment of every tile border, divided by
-their median over every interior line (32 px or more from any border): the seam index,
-1.00 = borders carry no more gradient energy than the interior. Ours is measured on the edges of
-its own tiles, hard tiling on its seams. Target: ours within 5% of the interior (<= 1.05).
+the tiling changed. Ours is measured on the edges of its own tiles, hard tiling on its seams.
+  local index (the target): each border segment's ratio divided by the median ratio of the lines
+      3-12 px beside it, median over every segment of every border. A seam is a discontinuity: it
+      puts energy on the border line and not beside it. 1.00 = no seam. Target: ours <= 1.05.
+  global index: the median ratio over the border segments divided by the median over every
+      interior line (32 px or more from any border).
+With an untrained model the output is mostly texture that differs from tile to tile: cross-fading
+two such textures in the overlaps lowers their gradient energy there, so the interior median of
+the global index drops and its border index rises by several percent without any seam; the local
+index compares each border with lines in the same blend and is free of that bias.
+`--weights baseline:mertens` (exposure fusion with image pyramids: context-dependent like a network,
+but deterministic) shows what both indices see when tiles disagree at hard seams.
 (Measured directly on the fused image, without the whole-image reference, the ratio is dominated by
 what content a handful of border lines happen to cross: +-20% on seam-free images.)
-With an untrained model the output is mostly texture that differs from tile to tile: cross-fading
-two such textures in the overlaps lowers their gradient energy there, so the interior median drops
-and the border index of blending rises a few percent without any seam. `--weights baseline:mertens`
-(exposure fusion with image pyramids: context-dependent like a network, but deterministic) shows
-what the measure sees when tiles disagree at hard seams.
 It also runs the engine with a mirrored border pad (--border-pad, default half the overlap) and
 prints how far each setting's image-border band is from the whole-image fusion.
 """
@@ -36,6 +39,7 @@ import numpy as np
 
 SEGMENT = 32
 MARGIN = 32  # interior lines keep this distance from any border
+NEAR_MIN, NEAR_MAX = 3, 12  # the lines beside a border line that the local index compares it with
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -139,6 +143,26 @@ def border_band_error(image: np.ndarray, whole: np.ndarray, band: int) -> tuple[
     return float(diff[~inner].mean()), float(diff[inner].mean())
 
 
+def local_seam_ratios(image: np.ndarray, whole: np.ndarray, rows: list[int], cols: list[int]) -> list[float]:
+    """Per segment of each border line: its energy ratio (tiled / whole-image fusion) divided by
+    the median ratio of the lines NEAR_MIN..NEAR_MAX px beside it. A seam is a discontinuity: it
+    puts energy on the border line itself, not on the lines next to it, while whatever varies
+    slowly across the tile (how much of each tile is blended in, the texture a tile happens to
+    produce) is the same on the line and beside it and cancels."""
+    out: list[float] = []
+    for transpose, lines in ((False, cols), (True, rows)):
+        tiled, reference = (x.mean(axis=-1, dtype=np.float64) for x in (image, whole))
+        if transpose:
+            tiled, reference = tiled.T, reference.T
+        ratio = _segment_energy(tiled) / np.maximum(_segment_energy(reference), 1e-12)
+        for b in lines:
+            near = [b + s * d for d in range(NEAR_MIN, NEAR_MAX + 1) for s in (-1, 1)
+                    if 1 <= b + s * d <= ratio.shape[0] and all(abs(b + s * d - o) >= NEAR_MIN for o in lines)]
+            if near:
+                out += list(ratio[b - 1] / np.maximum(np.median(ratio[[n - 1 for n in near]], axis=0), 1e-12))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="default", help="default, random:tiny, a weights file")
@@ -157,10 +181,11 @@ def main() -> None:
     fuser = load_model_fuser(ModelSpec(weights=args.weights, batch_size=4))
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="tcmoa-seams-"))
     pooled = {m: ([], []) for m in ("ours", "hard")}
+    local = {m: [] for m in ("ours", "hard")}
     bands = {0: [], padded: []}
     try:
         print(f"fuser {fuser.name} ({args.weights}); tile {args.tile}, overlap {args.overlap}")
-        print(f"{'pair':<22}{'task':<5}{'size':>10}   seam index:{'ours':>7}{'hard':>7}")
+        print(f"{'pair':<22}{'task':<5}{'size':>10}   global index:{'ours':>7}{'hard':>7}   local index:{'ours':>7}{'hard':>7}")
         for name, a_path, b_path, task in pairs(args.pairs, workdir):
             a, b = load01(a_path), load01(b_path)
             if a.shape != b.shape:
@@ -172,18 +197,27 @@ def main() -> None:
             if padded:
                 with_pad, _, _ = fuse_ours(fuser, a_path, b_path, task, args.tile, args.overlap, workdir, padded)
                 bands[padded].append(border_band_error(with_pad, whole, args.overlap))
-            line = f"{name[:21]:<22}{task:<5}{f'{a.shape[1]}x{a.shape[0]}':>10}{'':>14}"
-            for method, image, rows, cols in (("ours", ours, o_rows, o_cols), ("hard", hard, h_rows, h_cols)):
+            line = f"{name[:21]:<22}{task:<5}{f'{a.shape[1]}x{a.shape[0]}':>10}{'':>16}"
+            cases = (("ours", ours, o_rows, o_cols), ("hard", hard, h_rows, h_cols))
+            for method, image, rows, cols in cases:
                 border, interior = seam_ratios(image, whole, rows, cols)
                 pooled[method][0].extend(border)
                 pooled[method][1].extend(interior)
                 line += f"{np.median(border) / np.median(interior):>7.3f}"
+            line += f"{'':>15}"
+            for method, image, rows, cols in cases:
+                values = local_seam_ratios(image, whole, rows, cols)
+                local[method].extend(values)
+                line += f"{np.median(values):>7.3f}"
             print(line, flush=True)
         index = {m: np.median(b) / np.median(c) for m, (b, c) in pooled.items()}
-        print(f"{'pooled':<51}{index['ours']:>7.3f}{index['hard']:>7.3f}")
+        local_index = {m: float(np.median(v)) for m, v in local.items()}
+        print(f"{'pooled':<53}{index['ours']:>7.3f}{index['hard']:>7.3f}{'':>15}{local_index['ours']:>7.3f}{local_index['hard']:>7.3f}")
         print(f"border segments: ours {len(pooled['ours'][0])}, hard {len(pooled['hard'][0])}")
-        print(f"ours: border gradient energy {100 * (index['ours'] - 1):+.1f}% vs the interior (target within 5%); "
-              f"hard tiling like the reference: {100 * (index['hard'] - 1):+.1f}%")
+        print(f"local seam index (border line vs the lines {NEAR_MIN}-{NEAR_MAX} px beside it): ours {100 * (local_index['ours'] - 1):+.1f}% "
+              f"(target within 5%), hard tiling like the reference {100 * (local_index['hard'] - 1):+.1f}%")
+        print(f"global index (border lines vs every interior line): ours {100 * (index['ours'] - 1):+.1f}%, "
+              f"hard tiling {100 * (index['hard'] - 1):+.1f}%")
         if padded:
             print(f"\nimage borders: mean |engine - whole-image fusion| (1/255) in the outer {args.overlap} px band / the rest")
             for pad, errors in bands.items():

@@ -192,7 +192,7 @@ def resize_to(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _score_image(job: tuple) -> tuple[list[tuple[str, str, str, float]], list[str]]:
     """All methods on one pair (runs in a worker process when jobs > 1): (rows, notes)."""
-    stem, a_path, b_path, fused_inputs, metrics, conv, size_mismatch = job
+    stem, a_path, b_path, fused_inputs, metrics, conv, size_mismatch, threads = job
     a, b = read_image(a_path), read_image(b_path)
     if a.shape[:2] != b.shape[:2]:
         raise EvaluationError(f"{stem}: sources differ in size: {a_path} {a.shape[:2]}, {b_path} {b.shape[:2]}")
@@ -210,7 +210,7 @@ def _score_image(job: tuple) -> tuple[list[tuple[str, str, str, float]], list[st
                 continue
             notes.append(problem + ": fused image resampled to the sources' size")
             fused = resize_to(fused, a.shape[:2])
-        scores = evaluate(fused, a, b, metrics=metrics, preset=conv)
+        scores = evaluate(fused, a, b, metrics=metrics, preset=conv, threads=threads)
         rows.extend((stem, method, conv.table_name(m), v) for m, v in scores.items())
     return rows, notes
 
@@ -259,7 +259,8 @@ def score(
                 if fused_dir is not None:
                     write_image_atomic(fused_dir / m.name / f"{stem}.png", fused)
                 inputs.append((m.name, fused))
-            yield (stem, a_path, b_path, inputs, metrics, conv, size_mismatch)
+            # one image per worker process already fills the cores: metrics in turn there
+            yield (stem, a_path, b_path, inputs, metrics, conv, size_mismatch, 1 if jobs > 1 else None)
 
     def wrap(iterable):
         return progress(iterable, len(pairs)) if progress else iterable

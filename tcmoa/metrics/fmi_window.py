@@ -12,6 +12,8 @@ over all L^2 cells.
 """
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -97,20 +99,21 @@ def window_fmi(
     for j in range(l):
         b[j] = cdf_a[j] if upper else (1.0 - cdf_a[l - 2 - j] if j < l - 1 else 1.0)
     # Staircase segments: those ending at F_i (r < L) and at B_j (r >= L). Merge the sorted F
-    # and B: the other sequence's points before each point (F first on ties).
-    below = 0
+    # and B: the other sequence's points before each point (F first on ties), counted without
+    # branches (L is small; a two-pointer merge mispredicts at almost every step).
     for i in range(l):
-        while below < l and b[below] < cdf_f[i]:
-            below += 1
+        below = 0
+        for j in range(l):
+            below += b[j] < cdf_f[i]
         start = max(cdf_f[i - 1] if i > 0 else 0.0, b[below - 1] if below > 0 else 0.0)
         length[i] = max(cdf_f[i] - start, 0.0)
         f_cell[i] = i
         b_count[i] = below
         f_above[i] = l - i
-    upto = 0
     for j in range(l):
-        while upto < l and cdf_f[upto] <= b[j]:
-            upto += 1
+        upto = 0
+        for i in range(l):
+            upto += cdf_f[i] <= b[j]
         start = max(b[j - 1] if j > 0 else 0.0, cdf_f[upto - 1] if upto > 0 else 0.0)
         length[l + j] = max(b[j] - start, 0.0)
         f_cell[l + j] = min(upto, l - 1)
@@ -171,6 +174,17 @@ def pairwise_fmi(src: np.ndarray, fus: np.ndarray) -> np.ndarray:
 
 # Windows per parallel task: each task allocates its own work space.
 _CHUNK = 4096
+
+
+# One FMI map at a time: each call already uses every core, and numba's fallback threading layer
+# (workqueue) aborts the process when two threads enter a parallel kernel at once.
+_PARALLEL_KERNEL = threading.Lock()
+
+
+def window_fmi_map(feats: np.ndarray, fused: np.ndarray, w: int, windows: np.ndarray) -> np.ndarray:
+    """`map_window_fmi`, one call at a time across threads."""
+    with _PARALLEL_KERNEL:
+        return map_window_fmi(feats, fused, w, windows)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from tcmoa.metrics.basic import LEVELS, entropy_of
 from tcmoa.metrics.feature import fmi_features
-from tcmoa.metrics.fmi_window import map_window_fmi, pairwise_fmi, window_pdfs  # noqa: F401 (re-exported)
+from tcmoa.metrics.fmi_window import map_window_fmi, pairwise_fmi, window_fmi_map, window_pdfs  # noqa: F401 (re-exported)
 from tcmoa.metrics.information import joint_histograms, minmax_levels
 from tcmoa.metrics.prepare import planes
 from tcmoa.metrics.registry import Convention, register
@@ -144,14 +144,14 @@ def fmi_map_mean(feat_a: np.ndarray, feat_b: np.ndarray, feat_f: np.ndarray, w: 
     if not binary:
         # Both sources in one pass: the fused window's pdf is shared.
         every = np.arange((feat_f.shape[0] - w + 1) * (feat_f.shape[1] - w + 1))
-        return float(map_window_fmi(feats, feat_f, w, every).sum(axis=0).mean() / 2)
+        return float(window_fmi_map(feats, feat_f, w, every).sum(axis=0).mean() / 2)
     bits = (1 << np.arange(w * w))[:, None]
     code_f = (window_vectors(feat_f, w) * bits).sum(axis=0).astype(np.int64)
     total = np.zeros(code_f.size)
     for m, feat in enumerate((feat_a, feat_b)):
         codes = ((window_vectors(feat, w) * bits).sum(axis=0).astype(np.int64) << (w * w)) | code_f
         _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-        total += map_window_fmi(feats[m : m + 1], feat_f, w, first)[0, inverse]
+        total += window_fmi_map(feats[m : m + 1], feat_f, w, first)[0, inverse]
     return float(total.mean() / 2)
 
 

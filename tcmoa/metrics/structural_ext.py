@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from tcmoa.metrics.prepare import planes, reduce_sources, rgb_to_grey
 from tcmoa.metrics.registry import Convention, register
+from tcmoa.metrics.shared import array_key, shared
 
 
 @lru_cache(maxsize=None)
@@ -202,6 +203,12 @@ def _nanmean_planes(maps: np.ndarray) -> float:
     return float(np.mean(values))
 
 
+def _yang_moments(fused, a, b) -> LocalMoments:
+    """The 7x7 local moments Q_Y and Q_C share (once per evaluate() call)."""
+    return shared(("yang", *array_key(fused, a, b)),
+                  lambda: LocalMoments({"x": planes(a), "y": planes(b), "f": planes(fused)}, **_YANG_WINDOW))
+
+
 @register(
     "Qy",
     higher_is_better=True,
@@ -210,7 +217,7 @@ def _nanmean_planes(maps: np.ndarray) -> float:
     aliases=("Q_Y", "QY"),
 )
 def qy(fused, a, b, conv: Convention) -> float:
-    m = LocalMoments({"x": planes(a), "y": planes(b), "f": planes(fused)}, **_YANG_WINDOW)
+    m = _yang_moments(fused, a, b)
     ssim_xy, ssim_xf, ssim_yf = (m.ssim(p, q, *_YANG_C) for p, q in (("x", "y"), ("x", "f"), ("y", "f")))
     var_x, var_y = m.cov("x", "x"), m.cov("y", "y")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -230,7 +237,7 @@ def qy(fused, a, b, conv: Convention) -> float:
     aliases=("Q_C", "QC"),
 )
 def qc(fused, a, b, conv: Convention) -> float:
-    m = LocalMoments({"x": planes(a), "y": planes(b), "f": planes(fused)}, **_YANG_WINDOW)
+    m = _yang_moments(fused, a, b)
     ssim_xf, ssim_yf = m.ssim("x", "f", *_YANG_C), m.ssim("y", "f", *_YANG_C)
     cov_xf, cov_yf = m.cov("x", "f"), m.cov("y", "f")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -264,6 +271,17 @@ def _piella(x: np.ndarray, y: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np
     return q_map.mean(axis=(1, 2)), (cw * q_map).sum(axis=(1, 2))
 
 
+def _piella_of(fused, a, b, edges: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`_piella` of the planes or of their Prewitt edge images (once per evaluate() call)."""
+    def compute():
+        x, y, f = planes(a), planes(b), planes(fused)
+        if edges:
+            x, y, f = _prewitt_magnitude(x), _prewitt_magnitude(y), _prewitt_magnitude(f)
+        return _piella(x, y, f)
+
+    return shared(("piella", edges, *array_key(fused, a, b)), compute)
+
+
 @register(
     "Qs",
     higher_is_better=True,
@@ -272,7 +290,7 @@ def _piella(x: np.ndarray, y: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np
     aliases=("Q_S", "Q0_piella", "Q_piella"),
 )
 def piella_qs(fused, a, b, conv: Convention) -> float:
-    return float(_piella(planes(a), planes(b), planes(fused))[0].mean())
+    return float(_piella_of(fused, a, b, edges=False)[0].mean())
 
 
 @register(
@@ -283,12 +301,10 @@ def piella_qs(fused, a, b, conv: Convention) -> float:
     aliases=("Q_W", "QW"),
 )
 def piella_qw(fused, a, b, conv: Convention) -> float:
-    x, y, f = planes(a), planes(b), planes(fused)
-    if conv.param("Qw", "domain", "intensity") == "edges":
-        # metricPeilla.m sw = 3 as MEFB calls it: Q_E with alpha = 1 and without the intensity
-        # factor, i.e. Q_W of the edge images.
-        x, y, f = _prewitt_magnitude(x), _prewitt_magnitude(y), _prewitt_magnitude(f)
-    return float(_piella(x, y, f)[1].mean())
+    # metricPeilla.m sw = 3 as MEFB calls it ('edges'): Q_E with alpha = 1 and without the
+    # intensity factor, i.e. Q_W of the edge images.
+    edges = conv.param("Qw", "domain", "intensity") == "edges"
+    return float(_piella_of(fused, a, b, edges)[1].mean())
 
 
 @register(
@@ -299,9 +315,8 @@ def piella_qw(fused, a, b, conv: Convention) -> float:
 )
 def piella_qe(fused, a, b, conv: Convention) -> float:
     alpha = conv.param("Qe", "alpha", 1.0)
-    x, y, f = planes(a), planes(b), planes(fused)
-    q_w = _piella(x, y, f)[1]
-    q_w_edges = _piella(_prewitt_magnitude(x), _prewitt_magnitude(y), _prewitt_magnitude(f))[1]
+    q_w = _piella_of(fused, a, b, edges=False)[1]
+    q_w_edges = _piella_of(fused, a, b, edges=True)[1]
     return float((q_w * np.power(q_w_edges, alpha)).mean())
 
 
