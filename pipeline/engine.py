@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline import radiometry, writers
+from pipeline import radiometry, runtime, writers
 from pipeline.discover import DiscoveredItem, discover
 from pipeline.manifest import RunDir, RunDirError, canonical_json, digest, now, stac_item
 from pipeline.radiometry import Stretch
@@ -600,6 +600,7 @@ def run_job(
 
     report = report or (lambda message: None)
     start = time.perf_counter()
+    runtime.tune_allocator()  # before the model and the first blocks allocate
     fuser = fuser or load_model_fuser(job.model)
     plan = plan_job(job, fuser)
     run_dir = RunDir(job.run_dir)
