@@ -15,6 +15,7 @@ handles never travel between threads or processes.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import warnings
 from dataclasses import dataclass, replace
@@ -398,6 +399,12 @@ class Reader:
 
 class _RasterReader(Reader):
     def __enter__(self) -> "_RasterReader":
+        import rasterio
+
+        # GDAL decodes the blocks of a read on several threads: TCMOA_IO_THREADS (default all cores;
+        # set it lower where several workers share a machine)
+        self._env = rasterio.Env(GDAL_NUM_THREADS=os.environ.get("TCMOA_IO_THREADS", "ALL_CPUS"))
+        self._env.__enter__()
         self._opened: list = []
         self._channels: list[tuple[object, int, int | None, str]] = []  # (dataset, band, alpha band, file)
         try:
@@ -439,6 +446,9 @@ class _RasterReader(Reader):
         for ds in reversed(getattr(self, "_opened", [])):
             ds.close()
         self._opened = []
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            env.__exit__(None, None, None)
 
     def _read(self, window, out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.enums import MaskFlags, Resampling
