@@ -120,14 +120,19 @@ def _segment_energy(luma: np.ndarray) -> np.ndarray:
     return dx[: n * SEGMENT].reshape(n, SEGMENT, -1).mean(axis=1).T
 
 
+def line_ratios(image: np.ndarray, whole: np.ndarray, rows: list[int], cols: list[int]):
+    """For vertical then horizontal lines: (per-line, per-segment energy ratios tiled / whole-image
+    fusion (lines, segments), the border lines across that direction)."""
+    tiled, reference = (x.mean(axis=-1, dtype=np.float64) for x in (image, whole))
+    for transpose, lines in ((False, cols), (True, rows)):
+        t, r = (tiled.T, reference.T) if transpose else (tiled, reference)
+        yield _segment_energy(t) / np.maximum(_segment_energy(r), 1e-12), lines
+
+
 def seam_ratios(image: np.ndarray, whole: np.ndarray, rows: list[int], cols: list[int]) -> tuple[list[float], list[float]]:
     """Per-segment energy ratios (tiled / whole-image fusion) on the border lines and on interior lines."""
     border, interior = [], []
-    for transpose, lines in ((False, cols), (True, rows)):
-        tiled, reference = (x.mean(axis=-1, dtype=np.float64) for x in (image, whole))
-        if transpose:
-            tiled, reference = tiled.T, reference.T
-        ratio = _segment_energy(tiled) / np.maximum(_segment_energy(reference), 1e-12)
+    for ratio, lines in line_ratios(image, whole, rows, cols):
         inner = [c for c in range(1, ratio.shape[0] + 1) if all(abs(c - b) >= MARGIN for b in lines)]
         border += list(ratio[[b - 1 for b in lines]].ravel())
         interior += list(ratio[[c - 1 for c in inner]].ravel())
@@ -150,11 +155,7 @@ def local_seam_ratios(image: np.ndarray, whole: np.ndarray, rows: list[int], col
     slowly across the tile (how much of each tile is blended in, the texture a tile happens to
     produce) is the same on the line and beside it and cancels."""
     out: list[float] = []
-    for transpose, lines in ((False, cols), (True, rows)):
-        tiled, reference = (x.mean(axis=-1, dtype=np.float64) for x in (image, whole))
-        if transpose:
-            tiled, reference = tiled.T, reference.T
-        ratio = _segment_energy(tiled) / np.maximum(_segment_energy(reference), 1e-12)
+    for ratio, lines in line_ratios(image, whole, rows, cols):
         for b in lines:
             near = [b + s * d for d in range(NEAR_MIN, NEAR_MAX + 1) for s in (-1, 1)
                     if 1 <= b + s * d <= ratio.shape[0] and all(abs(b + s * d - o) >= NEAR_MIN for o in lines)]

@@ -131,8 +131,6 @@ def to_output(
         lo, hi = np.zeros(channels), np.ones(channels)
     else:
         lo, hi = (np.full(channels, float(v)) for v in INTEGER_RANGES[dtype])
-    # float32 arithmetic is exact enough to give integers back when the span is at most 16 bits
-    # (the error stays far below 0.5); wider spans are computed in float64
     if dtype.kind in "iu" and float(np.max(hi - lo)) <= 65536:
         return _to_integer_compiled(values, valid, lo, hi, dtype, nodata)
     return _to_output_numpy(values, valid, lo, hi, dtype, nodata)

@@ -406,15 +406,17 @@ class _RasterReader(Reader):
         self._env = rasterio.Env(GDAL_NUM_THREADS=os.environ.get("TCMOA_IO_THREADS", "ALL_CPUS"))
         self._env.__enter__()
         self._opened: list = []
-        self._channels: list[tuple[object, int, int | None, str]] = []  # (dataset, band, alpha band, file)
+        # one read per dataset with all its bands, so GDAL decodes each block once, not per band:
+        # (dataset, bands, alpha band, file)
+        self._reads: list[tuple[object, list[int], int | None, str]] = []
         try:
             datasets = {file: self._open_on_grid(file) for file in dict.fromkeys(self.ref.files)}
             if len(self.ref.files) > 1:
-                plan = [(file, 1) for file in self.ref.files]
+                plan = [(file, [1]) for file in self.ref.files]
             else:
                 file = self.ref.files[0]
-                plan = [(file, b) for b in (self.ref.bands or range(1, self._opened[0].count + 1))]
-            self._channels = [(datasets[file][0], band, datasets[file][1], file) for file, band in plan]
+                plan = [(file, list(self.ref.bands or range(1, self._opened[0].count + 1)))]
+            self._reads = [(datasets[file][0], bands, datasets[file][1], file) for file, bands in plan]
         except Exception:
             self.close()
             raise
@@ -458,14 +460,7 @@ class _RasterReader(Reader):
         if out_shape is not None:
             kwargs.update(out_shape=out_shape, resampling=Resampling.nearest)
         planes, valid = [], None  # planes: (bands, h, w) per dataset read
-        # consecutive bands of one dataset in one call: GDAL decodes each block once, not per band
-        groups: list[tuple[object, list[int], int | None, str]] = []
-        for ds, band, alpha, file in self._channels:
-            if groups and groups[-1][0] is ds:
-                groups[-1][1].append(band)
-            else:
-                groups.append((ds, [band], alpha, file))
-        for ds, bands, alpha, file in groups:
+        for ds, bands, alpha, file in self._reads:
             try:
                 data = ds.read(bands, **kwargs)
                 planes.append(data)
