@@ -397,6 +397,15 @@ class Reader:
         return SourceError(file or self.ref.files[0], f"read failed ({_explain(exc)})")
 
 
+STRIP_BYTES = 32 << 20  # memory for one strip of a decimated read
+
+
+def nearest_samples(size: int, samples: int) -> np.ndarray:
+    """The pixels GDAL's nearest-neighbour resampling picks when it reads `size` pixels into `samples`."""
+    step = size / samples
+    return np.minimum(((np.arange(samples) + 0.5) * step + 1e-10).astype(np.int64), size - 1)
+
+
 class _RasterReader(Reader):
     def __enter__(self) -> "_RasterReader":
         import rasterio
@@ -484,8 +493,26 @@ class _RasterReader(Reader):
     def _decimated(self, factor: int) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.windows import Window
 
-        shape = (-(-self.grid.height // factor), -(-self.grid.width // factor))
-        return self._read(Window(0, 0, self.grid.width, self.grid.height), shape)
+        height, width = self.grid.height, self.grid.width
+        shape = (-(-height // factor), -(-width // factor))
+        plain = all(alpha is None and not ds.overviews(bands[0]) for ds, bands, alpha, _ in self._reads)
+        if factor == 1 or not plain:  # GDAL reads overviews, or warps at the low resolution
+            return self._read(Window(0, 0, width, height), shape)
+        # A plain file: GDAL's decimated read decodes every block on one thread. Full-resolution
+        # strips decode on all cores (1.6-1.9x faster on 8192^2 and 2016^2 3-band DEFLATE GeoTIFFs
+        # here), and taking GDAL's nearest-neighbour pixels gives the same sample.
+        rows, cols = nearest_samples(height, shape[0]), nearest_samples(width, shape[1])
+        block_h = max(ds.block_shapes[0][0] for ds, _, _, _ in self._reads)
+        row_bytes = width * sum(len(bands) * np.dtype(ds.dtypes[0]).itemsize for ds, bands, _, _ in self._reads)
+        strip = max(block_h, STRIP_BYTES // row_bytes // block_h * block_h)
+        raws, valids = [], []
+        for y0 in range(0, height, strip):
+            take = rows[(rows >= y0) & (rows < y0 + strip)]
+            if take.size:
+                raw, valid = self.read(int(take[0]), int(take[-1]) + 1, 0, width)
+                raws.append(raw[:, take - take[0]][:, :, cols])
+                valids.append(valid[take - take[0]][:, cols])
+        return np.concatenate(raws, axis=1), np.concatenate(valids)
 
 
 class _StackReader(Reader):

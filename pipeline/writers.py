@@ -3,9 +3,10 @@
 Every item is first assembled in a Zarr store in the run directory: created once (arrays,
 coordinates, attributes) before any unit runs, then each unit writes only its own chunk-aligned
 block, so each chunk has exactly one writer. When all blocks of an item are done, the files are
-exported from that store once: a tiled GeoTIFF written window by window, copied to a COG by GDAL
-(overviews, CRS, tags), or to PNG/TIFF for photos. Every file appears under a temporary name and
-is renamed into place; the Zarr store is renamed into the outputs as a whole.
+exported from that store once: a tiled GeoTIFF written window by window, given average overviews
+and copied to a COG by GDAL (overviews, CRS, tags), or to PNG/TIFF for photos. Every file appears
+under a temporary name and is renamed into place; the Zarr store is renamed into the outputs as a
+whole.
 """
 from __future__ import annotations
 
@@ -257,6 +258,27 @@ def _gtiff_from_store(
             out.write(data[:, y0:y1, :], window=Window(0, y0, grid.width, y1 - y0))
 
 
+def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
+    """The COG driver's levels: halve until the image fits one block (2, 4, 8, ...)."""
+    factors: list[int] = []
+    while (width >> len(factors)) > blocksize or (height >> len(factors)) > blocksize:
+        factors.append(2 ** (len(factors) + 1))
+    return factors
+
+
+def _build_overviews(path: pathlib.Path, blocksize: int) -> None:
+    """Average overviews inside the uncompressed intermediate. The COG driver would compute them
+    itself, but into a compressed temporary file: measured on a 2016^2 3-band uint16 export, 0.29 s
+    for the whole COG copy against 0.21 s when it copies these (nodata is honoured the same way)."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path, "r+") as ds:
+        factors = overview_factors(ds.width, ds.height, blocksize)
+        if factors:
+            ds.build_overviews(factors, Resampling.average)
+
+
 def export_files(
     store: pathlib.Path, targets: dict[str, pathlib.Path], *, array: str, grid: Grid, nodata: float | None,
     band_names: list[str], tags: dict, blocksize: int, compress: str, rows: int,
@@ -276,12 +298,14 @@ def export_files(
             # the intermediate is read right away and deleted: compressing it would only cost time
             _gtiff_from_store(store, array, intermediate, grid=grid, nodata=nodata, band_names=band_names, tags=tags,
                               blocksize=blocksize, compress="none", rows=rows)
+            if "cog" in targets:
+                _build_overviews(intermediate, blocksize)
             for fmt, dst in targets.items():
                 with atomic_path(dst) as tmp:
                     if fmt == "cog":
                         rasterio.shutil.copy(
                             intermediate, tmp, driver="COG", compress=compress_opt or "NONE", blocksize=blocksize,
-                            overview_resampling="average", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
+                            overviews="FORCE_USE_EXISTING", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
                         )
                     elif fmt == "png":
                         with warnings.catch_warnings():
