@@ -186,6 +186,73 @@ def test_vectorised_fmi_matches_the_literal_loop():
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12)
 
 
+def test_fmi_maps_side_by_side_match_the_per_window_kernel():
+    """The SIMD map kernel (windows side by side, polynomial log2) against the per-window kernel on
+    every kind of window: continuous, binary, few levels, constant, anti-correlated, identical to
+    the fused one; a window count that fills neither the lanes nor the parallel chunks."""
+    from tcmoa.metrics.fmi_lanes import log2, map_window_fmi
+
+    rng = np.random.default_rng(1)
+    h, w = 37, 151  # 35 x 149 = 5215 windows of 3 x 3
+    fused = rng.random((h, w))
+    fused[:, 60:80] = rng.integers(0, 3, (h, 20))  # few levels
+    fused[5:12, 100:110] = 7.0  # constant
+    src = np.stack([rng.random((h, w)), rng.integers(0, 2, (h, w)).astype(float)])
+    src[0, :, 120:] = -fused[:, 120:] + 0.05 * rng.random((h, 31))  # anti-correlated
+    src[1, 20:30, 20:50] = fused[20:30, 20:50]  # identical windows score 1
+    ours = map_window_fmi(src, fused, 3, np.arange(35 * 149))
+    for m in range(2):
+        a, f = window_pdfs(window_vectors(src[m], 3)), window_pdfs(window_vectors(fused, 3))
+        expected = pairwise_fmi(a, f)
+        same = (window_vectors(src[m], 3) == window_vectors(fused, 3)).all(axis=0)
+        expected[same] = 1.0
+        np.testing.assert_allclose(ours[m], expected, rtol=0, atol=1e-13)
+    assert (ours[1].reshape(35, 149)[21:27, 21:47] == 1.0).all()
+    x = np.concatenate([rng.random(1000) ** 8, [1.0, 0.5, 2.0, np.sqrt(2), 1e-300, 3e300]])
+    np.testing.assert_allclose([log2(v) for v in x], np.log2(x), rtol=1e-15, atol=0)
+
+
+def test_qp_masked_correlation_matches_the_filter2_form():
+    """The compiled masked correlation of Q_P against metricZhao.m's formula written with filter2."""
+    from tcmoa.metrics.masked_correlation import masked_correlation_sum
+    from tcmoa.metrics.structural_ext import filter2, gaussian_1d
+
+    rng = np.random.default_rng(5)
+    h, w = 61, 83
+    feats = rng.random((3, h, w)).astype(np.float32) ** 2
+    fused = (0.5 * feats[0] + 0.3 * rng.random((h, w))).astype(np.float32)
+    masks = rng.random((3, h, w)) > 0.3
+    srcs = (feats * masks).astype(np.float32)
+    win, c = gaussian_1d(11, 1.5).astype(np.float32), np.float32(1e-4)
+    mu, mu_f = filter2(srcs, win, "same"), filter2(fused, win, "same")
+    var = filter2(srcs * srcs, win, "same") - mu**2
+    var_f = filter2(fused * fused, win, "same") - mu_f**2
+    cov = filter2(srcs * fused, win, "same") - mu * mu_f
+    corr = np.where(masks, (cov + c) / (np.sqrt(np.abs(var * var_f)) + c), 0.0)
+    expected = corr.max(axis=0).sum(dtype=np.float64)
+    assert masked_correlation_sum(srcs, masks, fused, win, 1e-4) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("taps", ["gauss11", "antisymmetric", "general", "even"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_separable_correlation_is_scipys_bit_for_bit(taps, dtype):
+    """The compiled filter2 pass equals ndimage.correlate1d (axis -2 then -1, zero padding) exactly,
+    for each of scipy's tap orders, image stacks smaller than the window included."""
+    from scipy import ndimage
+
+    from tcmoa.metrics.separable import correlate_separable
+    from tcmoa.metrics.structural_ext import gaussian_1d
+
+    rng = np.random.default_rng(7)
+    w = {"gauss11": gaussian_1d(11, 1.5), "antisymmetric": np.array([-1.0, -2.0, 0.0, 2.0, 1.0]),
+         "general": rng.random(5), "even": rng.random(4)}[taps]
+    for shape in [(3, 40, 57), (23, 31), (2, 2, 5, 9)]:
+        x = (rng.random(shape) * 100).astype(dtype)
+        expected = ndimage.correlate1d(ndimage.correlate1d(x, w, axis=-2, mode="constant"), w, axis=-1, mode="constant")
+        ours = correlate_separable(x, w)
+        assert ours.dtype == expected.dtype and np.array_equal(ours, expected)
+
+
 def test_window_vectors_are_column_major_within_the_window():
     img = np.arange(12.0).reshape(3, 4)
     vec = window_vectors(img, 3)

@@ -18,9 +18,11 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
+from tcmoa.metrics.masked_correlation import masked_correlation_sum
+from tcmoa.metrics.phase_kernels import accumulate_orientation, orientation_energy
 from tcmoa.metrics.prepare import planes
 from tcmoa.metrics.registry import Convention, register
-from tcmoa.metrics.structural_ext import filter2, gaussian_1d
+from tcmoa.metrics.structural_ext import gaussian_1d
 
 # --------------------------------------------------------------------------------------------
 # FMI features
@@ -140,39 +142,20 @@ def phase_congruency(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     covx2 = np.zeros((rows, cols), np.float32)
     covy2 = np.zeros((rows, cols), np.float32)
     covxy = np.zeros((rows, cols), np.float32)
+    energy, sum_an, max_an, sq0 = (np.empty((rows, cols), np.float32) for _ in range(4))
     for o in range(NORIENT):
         # The four scales are independent transforms: one per core.
         eo = scipy.fft.ifft2(spectrum[None] * filters[o], axes=(-2, -1), workers=-1)
-        even, odd = eo.real, eo.imag
-        amp = np.abs(eo)
-        sum_an = amp.sum(axis=0)
-        sum_e, sum_o = even.sum(axis=0), odd.sum(axis=0)
-        norm2 = sum_e**2 + sum_o**2
-        x_energy = np.sqrt(norm2) + EPSILON
-        mean_e, mean_o = sum_e / x_energy, sum_o / x_energy
-        # sum_s (E_s mean_e + O_s mean_o) collapses to |sum EO|^2 / x_energy.
-        energy = norm2 / x_energy - np.abs(even * mean_o - odd * mean_e).sum(axis=0)
-
+        orientation_energy(eo, energy, sum_an, max_an, sq0, EPSILON)
         # Noise threshold from the median squared response at the smallest scale (Rayleigh model).
         em_n, sum_an2, sum_aiaj = noise[o]
-        mean_e2n = -np.median(amp[0] ** 2) / np.log(0.5)
+        mean_e2n = -np.median(sq0) / np.log(0.5)
         noise_power = mean_e2n / em_n
         tau = np.sqrt((2 * noise_power * sum_an2 + 4 * noise_power * sum_aiaj) / 2)
         threshold = (tau * np.sqrt(np.pi / 2) + K_NOISE * np.sqrt((2 - np.pi / 2) * tau**2)) / 1.7
-        energy = np.maximum(energy - np.float32(threshold), 0)
-
-        width = sum_an / (amp.max(axis=0) + EPSILON) / NSCALE
-        weight = 1.0 / (1 + np.exp((CUT_OFF - width) * G_SIGMOID))
-        weighted = weight * energy
-        total_an += sum_an
-        total_energy += weighted
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pc = weighted / sum_an
         angl = o * np.pi / NORIENT
-        cx, cy = pc * np.float32(np.cos(angl)), pc * np.float32(np.sin(angl))
-        covx2 += cx**2
-        covy2 += cy**2
-        covxy += cx * cy
+        accumulate_orientation(energy, sum_an, max_an, threshold, NSCALE, EPSILON, CUT_OFF, G_SIGMOID,
+                               np.cos(angl), np.sin(angl), total_energy, total_an, covx2, covy2, covxy)
     pc_all = total_energy / (total_an + EPSILON)
     covx2 /= NORIENT / 2
     covy2 /= NORIENT / 2
@@ -188,17 +171,10 @@ def _masked_correlation(f1, f2, fmax, ff, mask1, mask2, mask3) -> float:
     the fused feature, summed and divided by the size of the joint feature mask."""
     # Single precision suffices: the features lie in [0, ~1] and the constant is 1e-4.
     w = gaussian_1d(11, 1.5).astype(np.float32)
-    c = np.float32(1e-4)
-    ff = ff.astype(np.float32)
     srcs = np.stack([f1 * mask1, f2 * mask2, fmax * mask3]).astype(np.float32)
     masks = np.stack([mask1, mask2, mask3])
-    mu = filter2(srcs, w, "same")
-    mu_f = filter2(ff, w, "same")
-    var = filter2(srcs * srcs, w, "same") - mu**2
-    var_f = filter2(ff * ff, w, "same") - mu_f**2
-    cov = filter2(srcs * ff, w, "same") - mu * mu_f
-    corr = np.where(masks, (cov + c) / (np.sqrt(np.abs(var * var_f)) + c), 0.0)
-    return float(corr.max(axis=0).sum(dtype=np.float64) / mask3.sum())
+    total = masked_correlation_sum(srcs, masks, np.ascontiguousarray(ff, dtype=np.float32), w, 1e-4)
+    return float(total / mask3.sum())
 
 
 def zhao_qp(src1: np.ndarray, src2: np.ndarray, fused: np.ndarray, threshold: float = 0.1, congruency=None) -> float:

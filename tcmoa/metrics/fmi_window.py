@@ -9,6 +9,9 @@ marginals (upper bound for a non-negative correlation, lower bound otherwise). U
 at most 2L - 1 cells, a staircase read off the merged breakpoints of the two CDFs, so the joint
 entropy is the closed form of the product part plus corrections on those cells rather than a sum
 over all L^2 cells.
+
+This per-window form is the reference (tests check it against the literal L^2-cell loop); FMI maps
+run the same arithmetic on many windows side by side in `fmi_lanes`.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import threading
 
 import numba
 import numpy as np
+
+from tcmoa.metrics.fmi_lanes import map_window_fmi
 
 
 @numba.njit(cache=True, inline="always")
@@ -172,52 +177,12 @@ def pairwise_fmi(src: np.ndarray, fus: np.ndarray) -> np.ndarray:
     return out
 
 
-# Windows per parallel task: each task allocates its own work space.
-_CHUNK = 4096
-
-
 # One FMI map at a time: each call already uses every core, and numba's fallback threading layer
 # (workqueue) aborts the process when two threads enter a parallel kernel at once.
 _PARALLEL_KERNEL = threading.Lock()
 
 
 def window_fmi_map(feats: np.ndarray, fused: np.ndarray, w: int, windows: np.ndarray) -> np.ndarray:
-    """`map_window_fmi`, one call at a time across threads."""
+    """`fmi_lanes.map_window_fmi`, one call at a time across threads."""
     with _PARALLEL_KERNEL:
         return map_window_fmi(feats, fused, w, windows)
-
-
-@numba.njit(cache=True, parallel=True)
-def map_window_fmi(feats: np.ndarray, fused: np.ndarray, w: int, windows: np.ndarray) -> np.ndarray:
-    """fmi.m per w x w window of S source feature maps (S, H, W) and the fused one (H, W): 1 for
-    identical windows, else the FMI of their pdfs -> (S, len(windows)). `windows` holds
-    row-major window indices; window values are read in MATLAB's column-major aSub(:) order.
-    Chunks of windows run on all cores."""
-    n_src = feats.shape[0]
-    cols = fused.shape[1] - w + 1
-    l, n = w * w, windows.size
-    out = np.empty((n_src, n))
-    for chunk in numba.prange((n + _CHUNK - 1) // _CHUNK):
-        s, f = np.empty(l), np.empty(l)
-        pdf_s, pdf_f, log_f = np.empty(l), np.empty(l), np.empty(l)
-        scratch, counts = np.empty((5, 2 * l)), np.empty((3, 2 * l), np.int64)
-        for k in range(chunk * _CHUNK, min(n, (chunk + 1) * _CHUNK)):
-            y, x = divmod(windows[k], cols)
-            for dx in range(w):
-                for dy in range(w):
-                    f[dx * w + dy] = fused[y + dy, x + dx]
-            _window_pdf(f, pdf_f)
-            h_f = fused_terms(pdf_f, log_f)
-            for m in range(n_src):
-                same = True
-                for dx in range(w):
-                    for dy in range(w):
-                        i = dx * w + dy
-                        s[i] = feats[m, y + dy, x + dx]
-                        same = same and s[i] == f[i]
-                if same:
-                    out[m, k] = 1.0
-                else:
-                    _window_pdf(s, pdf_s)
-                    out[m, k] = window_fmi(pdf_s, pdf_f, log_f, h_f, scratch, counts)
-    return out

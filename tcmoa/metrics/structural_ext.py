@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from tcmoa.metrics.prepare import planes, reduce_sources, rgb_to_grey
 from tcmoa.metrics.registry import Convention, register
+from tcmoa.metrics.separable import correlate_separable
 from tcmoa.metrics.shared import array_key, shared
 
 
@@ -34,8 +35,7 @@ def filter2(stack: np.ndarray, w: np.ndarray, shape: str = "valid") -> np.ndarra
 
     'valid' keeps the positions where the window lies inside the image; 'same' pads with zeros.
     """
-    out = ndimage.correlate1d(stack, w, axis=-2, mode="constant")
-    out = ndimage.correlate1d(out, w, axis=-1, mode="constant")
+    out = correlate_separable(stack, w)  # = ndimage.correlate1d on axis -2, then -1, mode constant
     if shape == "same":
         return out
     lo = (len(w) - 1) // 2

@@ -1,0 +1,83 @@
+"""The per-orientation step of myphasecong3 (phase congruency for Q_P), compiled with numba.
+
+Given one orientation's filter responses at every scale, the numpy form made some twenty passes
+over (scales, H, W) temporaries; these two loops over pixels do the same float32 arithmetic in the
+same order (sums over scales in scale order), then the noise threshold from the median squared
+response at the smallest scale. Measured on 640x480 (7 images, 6 orientations): see
+bench/metrics_speed.py; Q_P values agree with the numpy form to ~1e-7.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def orientation_energy(eo: np.ndarray, energy: np.ndarray, sum_an: np.ndarray, max_an: np.ndarray, sq0: np.ndarray, eps: float) -> None:
+    """Per pixel of the responses eo (S, H, W) complex64: the energy along the mean phase before
+    noise removal, the summed and the largest amplitude, and the squared amplitude at the finest
+    scale (for the noise estimate)."""
+    n_scale, height, width = eo.shape
+    e32 = np.float32(eps)
+    # Row buffers so that every inner loop runs along x (and vectorises).
+    sum_e, sum_o = np.empty(width, np.float32), np.empty(width, np.float32)
+    mean_e, mean_o, x_energy = np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32)
+    total, peak, spread = sum_an, max_an, energy  # accumulated in place, row by row
+    for y in range(height):
+        for x in range(width):
+            v = eo[0, y, x]
+            a = np.sqrt(v.real * v.real + v.imag * v.imag)  # |v| (abs() would not vectorise)
+            total[y, x] = a
+            peak[y, x] = a
+            sq0[y, x] = a * a
+            sum_e[x] = v.real
+            sum_o[x] = v.imag
+        for s in range(1, n_scale):
+            for x in range(width):
+                v = eo[s, y, x]
+                a = np.sqrt(v.real * v.real + v.imag * v.imag)
+                total[y, x] += a
+                peak[y, x] = max(peak[y, x], a)
+                sum_e[x] += v.real
+                sum_o[x] += v.imag
+        for x in range(width):
+            norm2 = sum_e[x] * sum_e[x] + sum_o[x] * sum_o[x]
+            x_energy[x] = np.sqrt(norm2) + e32
+            mean_e[x], mean_o[x] = sum_e[x] / x_energy[x], sum_o[x] / x_energy[x]
+            spread[y, x] = np.float32(0.0)
+        for s in range(n_scale):
+            for x in range(width):
+                v = eo[s, y, x]
+                spread[y, x] += abs(v.real * mean_o[x] - v.imag * mean_e[x])
+        for x in range(width):
+            norm2 = sum_e[x] * sum_e[x] + sum_o[x] * sum_o[x]
+            energy[y, x] = norm2 / x_energy[x] - spread[y, x]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def accumulate_orientation(
+    energy: np.ndarray, sum_an: np.ndarray, max_an: np.ndarray, threshold: float, n_scale: int, eps: float,
+    cut_off: float, gain: float, cos_a: float, sin_a: float,
+    total_energy: np.ndarray, total_an: np.ndarray, covx2: np.ndarray, covy2: np.ndarray, covxy: np.ndarray,
+) -> None:
+    """Noise-thresholded energy weighted by the frequency spread, added to the running totals and
+    to the covariance of the oriented phase congruency."""
+    height, width = energy.shape
+    thr, e32 = np.float32(threshold), np.float32(eps)
+    cut, g, n = np.float32(cut_off), np.float32(gain), np.float32(n_scale)
+    ca, sa = np.float32(cos_a), np.float32(sin_a)
+    one = np.float32(1.0)
+    for y in range(height):
+        for x in range(width):
+            e = max(energy[y, x] - thr, np.float32(0.0))
+            an = sum_an[y, x]
+            spread_width = an / (max_an[y, x] + e32) / n
+            weight = one / (one + np.exp((cut - spread_width) * g))
+            weighted = weight * e
+            total_an[y, x] += an
+            total_energy[y, x] += weighted
+            pc = weighted / an
+            cx, cy = pc * ca, pc * sa
+            covx2[y, x] += cx * cx
+            covy2[y, x] += cy * cy
+            covxy[y, x] += cx * cy
