@@ -15,10 +15,12 @@ handles never travel between threads or processes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import warnings
 from dataclasses import dataclass, replace
+from typing import Iterator
 
 import numpy as np
 
@@ -398,12 +400,29 @@ class Reader:
 
 
 STRIP_BYTES = 32 << 20  # memory for one strip of a decimated read
+STRIP_CACHE_MB = 64  # GDAL block cache while the strips are read (they fit in it)
 
 
 def nearest_samples(size: int, samples: int) -> np.ndarray:
     """The pixels GDAL's nearest-neighbour resampling picks when it reads `size` pixels into `samples`."""
     step = size / samples
     return np.minimum(((np.arange(samples) + 0.5) * step + 1e-10).astype(np.int64), size - 1)
+
+
+@contextlib.contextmanager
+def small_block_cache(megabytes: int) -> Iterator[None]:
+    """GDAL's block cache limited to `megabytes` inside the block, restored after it. The limit is
+    process-wide and a nested rasterio.Env does not restore it, hence set and reset explicitly.
+    Only for reads that touch each block once: a small cache makes band-by-band reads of
+    pixel-interleaved files and warps decode blocks again and again (100x slower, measured)."""
+    from rasterio._env import get_gdal_config, set_gdal_config
+
+    previous = get_gdal_config("GDAL_CACHEMAX")  # bytes
+    set_gdal_config("GDAL_CACHEMAX", megabytes)  # GDAL reads values below 100000 as MB
+    try:
+        yield
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", previous)
 
 
 class _RasterReader(Reader):
@@ -506,12 +525,15 @@ class _RasterReader(Reader):
         row_bytes = width * sum(len(bands) * np.dtype(ds.dtypes[0]).itemsize for ds, bands, _, _ in self._reads)
         strip = max(block_h, STRIP_BYTES // row_bytes // block_h * block_h)
         raws, valids = [], []
-        for y0 in range(0, height, strip):
-            take = rows[(rows >= y0) & (rows < y0 + strip)]
-            if take.size:
-                raw, valid = self.read(int(take[0]), int(take[-1]) + 1, 0, width)
-                raws.append(raw[:, take - take[0]][:, :, cols])
-                valids.append(valid[take - take[0]][:, cols])
+        # Each block is decoded once here, so GDAL's block cache (5% of RAM by default) would only
+        # hold memory: a small one is faster too (8192^2: 0.48 s / +0.19 GB RSS against 0.74 s / +0.52 GB).
+        with small_block_cache(STRIP_CACHE_MB):
+            for y0 in range(0, height, strip):
+                take = rows[(rows >= y0) & (rows < y0 + strip)]
+                if take.size:
+                    raw, valid = self.read(int(take[0]), int(take[-1]) + 1, 0, width)
+                    raws.append(raw[:, take - take[0]][:, :, cols])
+                    valids.append(valid[take - take[0]][:, cols])
         return np.concatenate(raws, axis=1), np.concatenate(valids)
 
 

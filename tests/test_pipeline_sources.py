@@ -162,9 +162,13 @@ def test_decimated_read_by_strips_matches_gdal(tmp_path, monkeypatch, shape, max
                          resampling="nearest", normalise=NormaliseSpec())[0]
     grid = Grid(shape[2], shape[1])
     monkeypatch.setattr(sources, "STRIP_BYTES", 4096)  # a few rows per strip
+    from rasterio._env import get_gdal_config
+
+    cache = get_gdal_config("GDAL_CACHEMAX")
     with open_reader(ref, grid) as reader:
         raw, valid, factor = reader.read_decimated(max_side)
         assert factor > 1
+        assert get_gdal_config("GDAL_CACHEMAX") == cache  # the strips' small block cache is undone
         expected_raw, expected_valid = reader._read(Window(0, 0, shape[2], shape[1]), raw.shape[1:])  # GDAL decimates
     np.testing.assert_array_equal(raw, expected_raw)
     np.testing.assert_array_equal(valid, expected_valid)
