@@ -9,7 +9,9 @@ included), on one thread and on the default threads, with its ratio to the issue
 metrics on a 640x480 pair in under 2 s). `vifb` and `mefb` score an RGB fused image per channel
 (three planes, as those toolboxes do); `standard` scores its luminance. The
 640x480 pair is VIFB's labMan (visible, infrared, CNN-fused) when ../shared is present, else a
-synthetic scene; larger sizes are synthetic.
+synthetic scene; larger sizes are synthetic. Like `tcmoa eval`, it first raises glibc's mmap and
+trim thresholds (pipeline.runtime; --untuned-allocator leaves them): the metrics free and allocate
+large maps in turn, and at 2048^2 page faults otherwise take a third of the time.
 """
 from __future__ import annotations
 
@@ -67,7 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", action="append", help="default: vifb and standard")
     parser.add_argument("--sizes", default="640x480,2048x2048", help="comma-separated WxH")
     parser.add_argument("--repeat", type=int, default=3, help="runs per metric (best kept) up to 1 Mpx; 1 above")
+    parser.add_argument("--untuned-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (tcmoa eval tunes it: pipeline.runtime)")
     args = parser.parse_args(argv)
+    if not args.untuned_allocator:
+        from pipeline import runtime
+
+        print(f"allocator tuned as tcmoa eval does it: {runtime.tune_allocator()}")
     presets = args.preset or ["vifb", "standard"]
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
 

@@ -253,6 +253,17 @@ def test_separable_correlation_is_scipys_bit_for_bit(taps, dtype):
         assert ours.dtype == expected.dtype and np.array_equal(ours, expected)
 
 
+def test_radix_median_is_numpys():
+    from tcmoa.metrics.phase_kernels import median_nonnegative
+
+    rng = np.random.default_rng(11)
+    for shape in [(480, 640), (7,), (8,), (1,), (2,), (101, 33)]:
+        for x in (rng.random(shape) ** 3, rng.integers(0, 5, shape), np.zeros(shape)):
+            x = x.astype(np.float32)
+            ours, expected = median_nonnegative(x), np.median(x)
+            assert ours == expected and ours.dtype == expected.dtype
+
+
 def test_window_vectors_are_column_major_within_the_window():
     img = np.arange(12.0).reshape(3, 4)
     vec = window_vectors(img, 3)

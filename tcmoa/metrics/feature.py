@@ -19,7 +19,7 @@ import numpy as np
 import scipy.fft
 
 from tcmoa.metrics.masked_correlation import masked_correlation_sum
-from tcmoa.metrics.phase_kernels import accumulate_orientation, orientation_energy
+from tcmoa.metrics.phase_kernels import accumulate_orientation, median_nonnegative, orientation_energy
 from tcmoa.metrics.prepare import planes
 from tcmoa.metrics.registry import Convention, register
 from tcmoa.metrics.structural_ext import gaussian_1d
@@ -149,7 +149,7 @@ def phase_congruency(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
         orientation_energy(eo, energy, sum_an, max_an, sq0, EPSILON)
         # Noise threshold from the median squared response at the smallest scale (Rayleigh model).
         em_n, sum_an2, sum_aiaj = noise[o]
-        mean_e2n = -np.median(sq0) / np.log(0.5)
+        mean_e2n = -median_nonnegative(sq0) / np.log(0.5)
         noise_power = mean_e2n / em_n
         tau = np.sqrt((2 * noise_power * sum_an2 + 4 * noise_power * sum_aiaj) / 2)
         threshold = (tau * np.sqrt(np.pi / 2) + K_NOISE * np.sqrt((2 - np.pi / 2) * tau**2)) / 1.7

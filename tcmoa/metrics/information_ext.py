@@ -157,10 +157,18 @@ def fmi_map_mean(feat_a: np.ndarray, feat_b: np.ndarray, feat_f: np.ndarray, w: 
 
 def _fmi(fused, a, b, conv: Convention, metric: str, feature: str) -> float:
     w = conv.param(metric, "window", 3)
+    # A grey source (infrared) repeats one plane in every RGB channel: its features are computed once.
+    computed: dict[tuple, np.ndarray] = {}
+
+    def features(img: np.ndarray) -> np.ndarray:
+        key = (img.shape, img.dtype.str, np.ascontiguousarray(img).tobytes())
+        if key not in computed:
+            computed[key] = fmi_features((img,), feature)[0]
+        return computed[key]
+
     values = []
     for f, x, y in zip(planes(fused), planes(a), planes(b)):
-        fx, fy, ff = fmi_features((x, y, f), feature)
-        values.append(fmi_map_mean(fx, fy, ff, w))
+        values.append(fmi_map_mean(features(x), features(y), features(f), w))
     return float(np.mean(values))
 
 
