@@ -130,6 +130,20 @@ def _moments(pdf, m, cdf, mean, cdf_sum, m1, m2):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _count_below(points, limit, strict, m, count, largest):
+    """Per lane k: how many of the sorted points[:, k] lie below limit[k] (strictly, or at most),
+    and the largest of them (0 when none)."""
+    for k in range(m):
+        count[k] = 0
+        largest[k] = 0.0
+    for j in range(points.shape[0]):
+        for k in range(m):
+            under = points[j, k] < limit[k] if strict else points[j, k] <= limit[k]
+            count[k] += under
+            largest[k] = max(largest[k], points[j, k] if under else 0.0)
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _fmi_lanes(pa, la, ha, pf, lf, hf, cf, mean_f, sum_cf, m1f, m2f, sff, same, m, work, counts, out):
     """`window_fmi` for m window pairs: source pdfs pa (L, m), their logs la and entropies ha; the
     fused pdfs pf with logs lf, entropies hf, CDF cf and moments (computed once for all sources).
@@ -163,14 +177,7 @@ def _fmi_lanes(pa, la, ha, pf, lf, hf, cf, mean_f, sum_cf, m1f, m2f, sff, same, 
     # is at least F_{i-1} >= 0 anyway).
     below, prev = counts[0], work[8, 0]
     for i in range(l):
-        for k in range(m):
-            below[k] = 0
-            prev[k] = 0.0
-        for j in range(l):
-            for k in range(m):
-                under = b[j, k] < cf[i, k]
-                below[k] += under
-                prev[k] = max(prev[k], b[j, k] if under else 0.0)
+        _count_below(b, cf[i], True, m, below, prev)
         for k in range(m):
             start = max(cf[i - 1, k] if i > 0 else 0.0, prev[k])
             seg = max(cf[i, k] - start, 0.0)
@@ -185,14 +192,7 @@ def _fmi_lanes(pa, la, ha, pf, lf, hf, cf, mean_f, sum_cf, m1f, m2f, sff, same, 
     # Segments ending at b_j.
     upto = counts[0]
     for j in range(l):
-        for k in range(m):
-            upto[k] = 0
-            prev[k] = 0.0
-        for i in range(l):
-            for k in range(m):
-                under = cf[i, k] <= b[j, k]
-                upto[k] += under
-                prev[k] = max(prev[k], cf[i, k] if under else 0.0)
+        _count_below(cf, b[j], False, m, upto, prev)
         r = l + j
         for k in range(m):
             start = max(b[j - 1, k] if j > 0 else 0.0, prev[k])
