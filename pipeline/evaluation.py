@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
 import os
 import pathlib
 import tempfile
@@ -272,7 +273,10 @@ def score(
     rows: list = []
     collected: list[str] = []
     if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=runtime.tune_allocator) as pool:
+        # Fresh worker processes, not forks: a fork of a process whose numba kernels have started
+        # their worker threads (an earlier scoring in it) dies in those kernels.
+        context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=runtime.tune_allocator) as pool:
             for part, part_notes in wrap(pool.map(_score_image, jobs_iter())):
                 rows.extend(part)
                 collected.extend(part_notes)

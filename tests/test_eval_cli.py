@@ -112,6 +112,18 @@ def test_eval_writes_all_outputs_and_ranks_methods(dataset):
     assert fused_avg.shape == (H, W, 3)
 
 
+def test_eval_worker_processes_give_the_same_scores(dataset):
+    """--jobs 2 scores images in worker processes (allocator tuned in each): same table as one process."""
+    tables = {}
+    for jobs in ("1", "2"):
+        result = run("--a", str(dataset / "A"), "--b", str(dataset / "B"), "--fused", f"good={dataset / 'good'}",
+                     "--metrics", "Qabf,FMI_pixel,Qp,EN", "--jobs", jobs, "-o", str(dataset / f"o{jobs}"), "--quiet")
+        assert result.exit_code == 0, result.output
+        tables[jobs] = pd.read_csv(dataset / f"o{jobs}" / "per_image.csv").sort_values(["image", "metric"], ignore_index=True)
+    assert len(tables["2"]) == 4 * 4
+    pd.testing.assert_frame_equal(tables["1"], tables["2"])
+
+
 def test_eval_default_metrics_follow_the_preset(dataset):
     result = run("--a", str(dataset / "A"), "--b", str(dataset / "B"), "--fused", f"good={dataset / 'good'}",
                  "--preset", "vifb", "--limit", "1", "-o", str(dataset / "o"), "--quiet")
