@@ -425,6 +425,24 @@ def small_block_cache(megabytes: int) -> Iterator[None]:
         set_gdal_config("GDAL_CACHEMAX", previous)
 
 
+def _integer_nodata_mask(ds, bands: list[int], data: np.ndarray) -> np.ndarray | None:
+    """The AND of the bands' masks GDAL would give, from the data already read, where those masks
+    are just "value != the band's nodata" on integer bands (exact there); None otherwise. GDAL
+    builds such masks by reading each band again: a decimated read of an 8192^2 3-band uint16
+    file with a nodata value took 1.75 s that way and 0.5-0.8 s this way."""
+    from rasterio.enums import MaskFlags
+
+    if data.dtype.kind not in "iu" or not all(ds.mask_flag_enums[b - 1] == [MaskFlags.nodata] for b in bands):
+        return None
+    values = [ds.nodatavals[b - 1] for b in bands]
+    if any(v is None or not float(v).is_integer() for v in values):
+        return None  # GDAL casts a fractional nodata to the band type first: leave it to GDAL
+    mask = np.ones(data.shape[1:], bool)
+    for plane, value in zip(data, values):
+        mask &= plane != int(value)
+    return mask
+
+
 class _RasterReader(Reader):
     def __enter__(self) -> "_RasterReader":
         import rasterio
@@ -497,7 +515,9 @@ class _RasterReader(Reader):
                 elif self.ref.nodata is not None or all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands):
                     mask = np.ones(data.shape[1:], bool)  # nothing to read: every pixel is valid
                 else:
-                    mask = np.logical_and.reduce(ds.read_masks(bands, **kwargs) > 0)
+                    mask = _integer_nodata_mask(ds, bands, data)
+                    if mask is None:
+                        mask = np.logical_and.reduce(ds.read_masks(bands, **kwargs) > 0)
             except RasterioIOError as exc:
                 raise self._fail(exc, file) from None
             valid = mask if valid is None else valid & mask

@@ -174,3 +174,26 @@ def test_decimated_read_by_strips_matches_gdal(tmp_path, monkeypatch, shape, max
     np.testing.assert_array_equal(valid, expected_valid)
     if nodata is not None:
         assert not valid.all()
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint16", 0), ("int16", -9999), ("uint8", 255)])
+def test_nodata_masks_from_the_data_match_gdals(tmp_path, dtype, nodata):
+    """Integer bands whose mask is their nodata value: the mask is computed from the data read,
+    and must equal the AND of GDAL's per-band masks (pixels at nodata in some bands only included)."""
+    from rasterio.windows import Window
+
+    from pipeline.sources import Grid, expand_sources, open_reader
+    from pipeline.spec import NormaliseSpec
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 200, (3, 70, 90)).astype(dtype)
+    data[:, 10:20, 10:30] = nodata  # every band
+    data[1, 40:50, 5:60] = nodata  # one band only
+    path = write_geotiff(tmp_path / "a.tif", data, nodata=nodata, blocksize=32)
+    ref = expand_sources("a", [str(path)], kind="raster", bands=None, band_files=False, multiple=False, nodata=None,
+                         resampling="nearest", normalise=NormaliseSpec())[0]
+    with open_reader(ref, Grid(90, 70)) as reader, rasterio.open(path) as ds:
+        _, valid = reader.read(5, 65, 3, 80)
+        gdal = np.logical_and.reduce(ds.read_masks([1, 2, 3], window=Window(3, 5, 77, 60)) > 0)
+    np.testing.assert_array_equal(valid, gdal)
+    assert not valid[10:15].all() and not valid[40:45].all()
