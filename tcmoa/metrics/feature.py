@@ -20,7 +20,7 @@ import scipy.fft
 
 from tcmoa.metrics.masked_correlation import masked_correlation_sum
 from tcmoa.metrics.phase_kernels import accumulate_orientation, median_nonnegative, orientation_energy
-from tcmoa.metrics.prepare import planes
+from tcmoa.metrics.prepare import once_per_plane, planes
 from tcmoa.metrics.registry import Convention, register
 from tcmoa.metrics.structural_ext import gaussian_1d
 
@@ -201,14 +201,6 @@ def zhao_qp(src1: np.ndarray, src2: np.ndarray, fused: np.ndarray, threshold: fl
     aliases=("Q_P", "QP"),
 )
 def qp(fused, a, b, conv: Convention) -> float:
-    # A grey source (infrared) repeats one plane in every RGB channel: its congruency is computed once.
-    computed: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    def congruency(img: np.ndarray):
-        key = np.ascontiguousarray(img).tobytes()
-        if key not in computed:
-            computed[key] = phase_congruency(img)
-        return computed[key]
-
+    congruency = once_per_plane(phase_congruency)
     planes_abf = zip(planes(fused), planes(a), planes(b))
     return float(np.mean([zhao_qp(x, y, f, congruency=congruency) for f, x, y in planes_abf]))

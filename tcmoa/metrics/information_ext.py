@@ -24,7 +24,7 @@ from tcmoa.metrics.basic import LEVELS, entropy_of
 from tcmoa.metrics.feature import fmi_features
 from tcmoa.metrics.fmi_window import map_window_fmi, pairwise_fmi, window_fmi_map, window_pdfs  # noqa: F401 (re-exported)
 from tcmoa.metrics.information import joint_histograms, minmax_levels
-from tcmoa.metrics.prepare import planes
+from tcmoa.metrics.prepare import once_per_plane, planes
 from tcmoa.metrics.registry import Convention, register
 
 
@@ -157,15 +157,7 @@ def fmi_map_mean(feat_a: np.ndarray, feat_b: np.ndarray, feat_f: np.ndarray, w: 
 
 def _fmi(fused, a, b, conv: Convention, metric: str, feature: str) -> float:
     w = conv.param(metric, "window", 3)
-    # A grey source (infrared) repeats one plane in every RGB channel: its features are computed once.
-    computed: dict[tuple, np.ndarray] = {}
-
-    def features(img: np.ndarray) -> np.ndarray:
-        key = (img.shape, img.dtype.str, np.ascontiguousarray(img).tobytes())
-        if key not in computed:
-            computed[key] = fmi_features((img,), feature)[0]
-        return computed[key]
-
+    features = once_per_plane(lambda img: fmi_features((img,), feature)[0])
     values = []
     for f, x, y in zip(planes(fused), planes(a), planes(b)):
         values.append(fmi_map_mean(features(x), features(y), features(f), w))

@@ -20,15 +20,15 @@ def orientation_energy(eo: np.ndarray, energy: np.ndarray, sum_an: np.ndarray, m
     n_scale, height, width = eo.shape
     e32 = np.float32(eps)
     # Row buffers so that every inner loop runs along x (and vectorises).
-    sum_e, sum_o = np.empty(width, np.float32), np.empty(width, np.float32)
+    sum_e, sum_o, norm2 = np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32)
     mean_e, mean_o, x_energy = np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32)
-    total, peak, spread = sum_an, max_an, energy  # accumulated in place, row by row
+    spread = np.empty(width, np.float32)
     for y in range(height):
         for x in range(width):
             v = eo[0, y, x]
             a = np.sqrt(v.real * v.real + v.imag * v.imag)  # |v| (abs() would not vectorise)
-            total[y, x] = a
-            peak[y, x] = a
+            sum_an[y, x] = a
+            max_an[y, x] = a
             sq0[y, x] = a * a
             sum_e[x] = v.real
             sum_o[x] = v.imag
@@ -36,22 +36,21 @@ def orientation_energy(eo: np.ndarray, energy: np.ndarray, sum_an: np.ndarray, m
             for x in range(width):
                 v = eo[s, y, x]
                 a = np.sqrt(v.real * v.real + v.imag * v.imag)
-                total[y, x] += a
-                peak[y, x] = max(peak[y, x], a)
+                sum_an[y, x] += a
+                max_an[y, x] = max(max_an[y, x], a)
                 sum_e[x] += v.real
                 sum_o[x] += v.imag
         for x in range(width):
-            norm2 = sum_e[x] * sum_e[x] + sum_o[x] * sum_o[x]
-            x_energy[x] = np.sqrt(norm2) + e32
+            norm2[x] = sum_e[x] * sum_e[x] + sum_o[x] * sum_o[x]
+            x_energy[x] = np.sqrt(norm2[x]) + e32
             mean_e[x], mean_o[x] = sum_e[x] / x_energy[x], sum_o[x] / x_energy[x]
-            spread[y, x] = np.float32(0.0)
+            spread[x] = np.float32(0.0)
         for s in range(n_scale):
             for x in range(width):
                 v = eo[s, y, x]
-                spread[y, x] += abs(v.real * mean_o[x] - v.imag * mean_e[x])
+                spread[x] += abs(v.real * mean_o[x] - v.imag * mean_e[x])
         for x in range(width):
-            norm2 = sum_e[x] * sum_e[x] + sum_o[x] * sum_o[x]
-            energy[y, x] = norm2 / x_energy[x] - spread[y, x]
+            energy[y, x] = norm2[x] / x_energy[x] - spread[x]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

@@ -6,7 +6,7 @@ VIFB/MEFB toolboxes loop `for k = 1 : b`; with 'grey' RGB images become luminanc
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -99,6 +99,21 @@ def prepare(
 def planes(x: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, K) -> a (K, H, W) view: the planes a metric is computed on."""
     return x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
+
+
+def once_per_plane(compute: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], Any]:
+    """compute(plane), memoised on the plane's contents for as long as the returned function lives:
+    a grey source repeats one plane in every RGB channel, so per-channel metrics compute its maps
+    once."""
+    computed: dict[tuple, Any] = {}
+
+    def cached(plane: np.ndarray) -> Any:
+        key = (plane.shape, plane.dtype.str, np.ascontiguousarray(plane).tobytes())
+        if key not in computed:
+            computed[key] = compute(plane)
+        return computed[key]
+
+    return cached
 
 
 def reduce_sources(values_a: np.ndarray, values_b: np.ndarray, how: str) -> np.ndarray:
