@@ -30,7 +30,8 @@ import numpy as np
 
 from pipeline import radiometry, runtime, writers
 from pipeline.discover import DiscoveredItem, discover
-from pipeline.manifest import RunDir, RunDirError, canonical_json, digest, now, stac_item
+from pipeline.manifest import RunDir, RunDirError, canonical_json, digest, now
+from pipeline.stac import stac_item, write_run_catalog
 from pipeline.radiometry import Stretch
 from pipeline.sources import Grid, SourceError, SourceInfo, SourceRef, check_overlap, expand_sources, inspect, open_reader
 from pipeline.spec import CollectionSpec, JobSpec, ModelSpec
@@ -495,7 +496,7 @@ def finalize_item(plan: Plan, item: ItemPlan, store: pathlib.Path, stretches: li
             assets[fmt] = {"path": str(path), "format": "cog" if fmt == "prompts" and "cog" in item.formats else ("tiff" if fmt == "prompts" else fmt),
                            "sha256": writers.sha256_output(source), "roles": ["data"] if fmt != "prompts" else ["metadata"]}
         with writers.atomic_path(paths["stac"]) as tmp:
-            stac = stac_item(item.item_id, item.collection, item.grid, assets,
+            stac = stac_item(item, assets,
                              {"tcmoa:job": plan.job.name, "tcmoa:task": item.task, "tcmoa:fuser": getattr(fuser, "name", "")},
                              paths["stac"])
             tmp.write_text(json.dumps(stac, indent=2))
@@ -629,6 +630,7 @@ def run_job(
             finally:
                 recorder.flush()
         run_dir.compact()
+        write_run_catalog(run_dir.path, job.name, {c.name: f"{c.name}: {json.dumps(c.task)} fusion" for c in job.collections})
     summary.seconds = time.perf_counter() - start
     summary.items_failed = len(summary.failures)
     return summary

@@ -1,4 +1,4 @@
-"""The run directory: job fingerprint, lock, plan and status tables (Parquet), STAC items.
+"""The run directory: job fingerprint, lock, plan and status tables (Parquet).
 
 Layout of a run directory:
   job.json            the job fingerprint and the canonical job it was computed from
@@ -176,69 +176,3 @@ class RunDir:
             pq.write_table(table, tmp)
         for part in parts[:-1]:
             part.unlink()
-
-
-# ----------------------------------------------------------------------------- STAC
-MEDIA_TYPES = {
-    "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
-    "tiff": "image/tiff; application=geotiff",
-    "png": "image/png",
-    "zarr": "application/vnd+zarr",
-}
-
-
-def multihash_sha256(hex_digest: str) -> str:
-    return "1220" + hex_digest
-
-
-def stac_item(
-    item_id: str, collection: str, grid, assets: dict[str, dict], properties: dict, stac_path: pathlib.Path
-) -> dict:
-    """A STAC 1.1 Item for one fused output; asset hrefs are relative to the item file."""
-    geometry, bbox = None, None
-    props = {"datetime": now().isoformat().replace("+00:00", "Z"), **properties}
-    extensions = ["https://stac-extensions.github.io/file/v2.1.0/schema.json"]
-    if grid.georeferenced:
-        from rasterio.crs import CRS
-        from rasterio.transform import Affine, array_bounds
-        from rasterio.warp import transform_geom
-
-        left, bottom, right, top = array_bounds(grid.height, grid.width, Affine(*grid.transform))
-        ring = [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
-        geometry = transform_geom(CRS.from_wkt(grid.crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]},
-                                  antimeridian_cutting=True, precision=7)
-        coords = [c for poly in ([geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]) for c in poly[0]]
-        bbox = [min(c[0] for c in coords), min(c[1] for c in coords), max(c[0] for c in coords), max(c[1] for c in coords)]
-        epsg = CRS.from_wkt(grid.crs).to_epsg()
-        props.update({
-            "proj:code": f"EPSG:{epsg}" if epsg else None,
-            "proj:shape": [grid.height, grid.width],
-            "proj:transform": list(grid.transform),
-            "proj:bbox": [left, bottom, right, top],
-        })
-        if not epsg:
-            props["proj:wkt2"] = grid.crs
-        extensions.append("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
-    stac_assets = {}
-    for key, asset in assets.items():
-        path = pathlib.Path(asset["path"])
-        stac_assets[key] = {
-            "href": os.path.relpath(path, stac_path.parent),
-            "type": MEDIA_TYPES.get(asset["format"], "application/octet-stream"),
-            "roles": asset.get("roles", ["data"]),
-            "file:checksum": multihash_sha256(asset["sha256"]),
-            **({"file:size": path.stat().st_size} if path.is_file() else {}),
-            **({"title": asset["title"]} if "title" in asset else {}),
-        }
-    return {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "stac_extensions": extensions,
-        "id": item_id,
-        "collection": collection,
-        "geometry": geometry,
-        **({"bbox": bbox} if bbox else {}),
-        "properties": props,
-        "links": [],
-        "assets": stac_assets,
-    }

@@ -5,6 +5,8 @@
 - focus/: focus stacks as 16-bit OME-TIFF z-stacks (3 planes), each plane sharp at another depth;
 - geo/: a georeferenced optical (3-band uint16, 30 m) + thermal infrared (1-band uint16, 60 m,
   shifted extent, nodata collar) GeoTIFF pair in EPSG:32633.
+Acquisition times are recorded as cameras and products do (EXIF DateTimeOriginal one second apart
+per bracket, the TIFF DateTime tag of the GeoTIFFs), so the STAC Items carry them.
 The fused results of `jobs/demo.yaml` over this archive show the plumbing of every use case.
 """
 from __future__ import annotations
@@ -20,6 +22,8 @@ ROTATED_SCENE = "chelsea"
 FOCUS_SCENES = ("camera", "coins")
 FOCUS_PLANES = 3
 GEO_CRS = "EPSG:32633"
+BRACKET_TIME = "2024:06:01 09:15:{second:02d}"  # EXIF form; the offset is OffsetTimeOriginal
+GEO_TIME = "2024:06:01 10:30:12"  # TIFF DateTime (UTC)
 
 
 def _photo(name: str) -> np.ndarray:
@@ -61,12 +65,13 @@ def _write_brackets(root: pathlib.Path) -> list[pathlib.Path]:
             image = exposure_bracket(upright, ev)
             path = root / "brackets" / f"{scene}_{index}_ev{ev:+.0f}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
+            exif = Image.Exif()
+            exif.get_ifd(0x8769).update({0x9003: BRACKET_TIME.format(second=index), 0x9011: "+02:00"})
             if scene == ROTATED_SCENE:
-                exif = Image.Exif()
                 exif[0x0112] = 6  # display rotated 90 degrees clockwise: store it turned the other way
                 Image.fromarray(np.rot90(image, 1)).save(path, quality=95, exif=exif)
             else:
-                Image.fromarray(image).save(path, quality=95)
+                Image.fromarray(image).save(path, quality=95, exif=exif)
             written.append(path)
     return written
 
@@ -112,6 +117,7 @@ def _write_geo(root: pathlib.Path) -> list[pathlib.Path]:
                            dtype="uint16", crs=GEO_CRS, transform=transform, nodata=nodata, tiled=True,
                            blockxsize=256, blockysize=256, compress="deflate") as ds:
             ds.write(data)
+            ds.update_tags(TIFFTAG_DATETIME=GEO_TIME)
         written.append(path)
     return written
 
