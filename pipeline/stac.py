@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import crs_forms
 from pipeline.acquisition import acquisition_range
 
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -54,11 +55,9 @@ def _utc_text(value: dt.datetime) -> str:
 # ----------------------------------------------------------------------------- item parts
 def _projection(grid) -> tuple[dict, dict | None, list[float] | None]:
     """(proj: properties, WGS84 footprint geometry, bbox) of a georeferenced grid."""
-    from pyproj import CRS
     from rasterio.transform import Affine, array_bounds
     from rasterio.warp import transform_geom
 
-    crs = CRS.from_wkt(grid.crs)
     left, bottom, right, top = array_bounds(grid.height, grid.width, Affine(*grid.transform))
     ring = [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
     geometry = transform_geom(grid.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]},
@@ -66,10 +65,10 @@ def _projection(grid) -> tuple[dict, dict | None, list[float] | None]:
     polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
     points = [p for polygon in polygons for p in polygon[0]]
     bbox = [min(p[0] for p in points), min(p[1] for p in points), max(p[0] for p in points), max(p[1] for p in points)]
-    authority = crs.to_authority()
-    props: dict[str, Any] = {"proj:code": ":".join(authority) if authority else None}
-    if not authority:
-        props["proj:wkt2"] = crs.to_wkt()  # WKT2:2019, not GDAL's WKT1
+    code = crs_forms.authority_code(grid.crs)
+    props: dict[str, Any] = {"proj:code": code}
+    if not code:
+        props["proj:wkt2"] = crs_forms.wkt2(grid.crs)  # WKT2:2019, not GDAL's WKT1
     props.update({"proj:shape": [grid.height, grid.width], "proj:transform": [float(v) for v in grid.transform],
                   "proj:bbox": [left, bottom, right, top]})
     return props, geometry, bbox

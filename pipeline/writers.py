@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline import crs_forms
 from pipeline.sources import Grid
 from pipeline.tiling import Block
 
@@ -143,18 +144,7 @@ def _geo_attributes(grid: Grid) -> dict:
     """CRS and transform in the GeoZarr (proj:/spatial:) convention."""
     if not grid.georeferenced:
         return {}
-    from rasterio.crs import CRS
-
-    crs = CRS.from_wkt(grid.crs)
-    epsg = crs.to_epsg()
-    return {
-        "proj:code": f"EPSG:{epsg}" if epsg else None,
-        "proj:wkt2": crs.to_wkt(),
-        "spatial:dimensions": ["y", "x"],
-        "spatial:transform": list(grid.transform),
-        "spatial:shape": [grid.height, grid.width],
-        "spatial:registration": "pixel",
-    }
+    return crs_forms.geozarr_attributes(grid.crs, grid.transform, grid.height, grid.width)
 
 
 def create_store(
@@ -168,7 +158,7 @@ def create_store(
     group = zarr.open_group(path, mode="w", attributes=json_safe({**attributes, **_geo_attributes(grid)}))
     fused_attrs = {"band_names": band_names, "nodata": nodata, "long_name": "fused image"}
     if grid.georeferenced:
-        fused_attrs.update(grid_mapping="spatial_ref", **_geo_attributes(grid))
+        fused_attrs.update(grid_mapping="spatial_ref", coordinates="spatial_ref", **_geo_attributes(grid))
     if nodata is not None:
         fused_attrs["_FillValue"] = nodata
     group.create_array(
@@ -180,23 +170,24 @@ def create_store(
             PROMPTS, shape=(len(prompt_names), grid.height, grid.width), chunks=(len(prompt_names), chunk, chunk),
             dtype="float32", fill_value=float("nan"), dimension_names=("source", "y", "x"),
             attributes={"source_names": prompt_names, "long_name": "share of each source per pixel (TC-MoA prompts)",
-                        **({"grid_mapping": "spatial_ref"} if grid.georeferenced else {})},
+                        **({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"} if grid.georeferenced else {})},
         )
     band = group.create_array("band", shape=(channels,), dtype="int32", dimension_names=("band",), attributes={"band_names": band_names})
     band[:] = np.arange(1, channels + 1, dtype=np.int32)
     if grid.georeferenced:
         a, b, c, d, e, f = grid.transform
-        x = group.create_array("x", shape=(grid.width,), dtype="float64", dimension_names=("x",),
-                               attributes={"standard_name": "projection_x_coordinate", "axis": "X"})
+        axes = crs_forms.axis_attributes(grid.crs)
+        x = group.create_array("x", shape=(grid.width,), dtype="float64", dimension_names=("x",), attributes=axes["x"])
         x[:] = c + a * (np.arange(grid.width) + 0.5)
-        y = group.create_array("y", shape=(grid.height,), dtype="float64", dimension_names=("y",),
-                               attributes={"standard_name": "projection_y_coordinate", "axis": "Y"})
+        y = group.create_array("y", shape=(grid.height,), dtype="float64", dimension_names=("y",), attributes=axes["y"])
         y[:] = f + e * (np.arange(grid.height) + 0.5)
         # CF / rioxarray grid mapping: a scalar variable holding the CRS and the GDAL geotransform
-        group.create_array("spatial_ref", shape=(), dtype="int32", attributes={
-            "crs_wkt": grid.crs, "spatial_ref": grid.crs,
-            "GeoTransform": " ".join(repr(float(v)) for v in (c, a, b, f, d, e)),
-        })
+        group.create_array("spatial_ref", shape=(), dtype="int32", dimension_names=(),
+                           attributes=crs_forms.grid_mapping_attributes(grid.crs, grid.transform))
+    with warnings.catch_warnings():
+        # zarr-python warns that consolidated metadata is not in the v3 spec yet; xarray reads it
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(path)  # metadata is final here: workers only write chunks
 
 
 def block_checksum(fused: np.ndarray, prompts: np.ndarray | None) -> str:
