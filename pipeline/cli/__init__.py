@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli.run_cmds:run", "Run a fusion job over an archive (resumable)."),
     "status": ("pipeline.cli.run_cmds:status", "Show the items, units and failures of a run directory."),
     "fuse": ("pipeline.cli.run_cmds:fuse", "Fuse one item (two or more source files) into one output."),
+    "report": ("pipeline.cli.run_cmds:report", "Write an HTML page of a run: quicklooks, timings, failures."),
     "eval": ("pipeline.cli.eval_cmds:evaluate", "Score fused images with the fusion metrics; compare methods."),
     "train": ("pipeline.cli.train_cmds:train", "Train or fine-tune TC-MoA from a YAML config (local or Ray)."),
     "pretrain": ("pipeline.cli.train_cmds:pretrain", "MAE-pretrain a backbone for configs without public weights."),

@@ -227,3 +227,18 @@ def samples(directory: pathlib.Path, mode: str | None) -> None:
         click.echo(json.dumps([str(p) for p in written], indent=2))
     elif mode != "quiet":
         click.echo(f"wrote {len(written)} files under {directory}/ (brackets/, focus/, geo/); next: tcmoa run jobs/demo.yaml")
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path))
+@click.option("--metrics", type=click.Path(dir_okay=False, exists=True, path_type=pathlib.Path),
+              help="A `tcmoa eval` results table (CSV or Parquet): its rows for each item are shown.")
+def report(run_dir: pathlib.Path, metrics: pathlib.Path | None) -> None:
+    """Write RUN_DIR/report/index.html: per item, sources, fused output and prompt map as quicklooks."""
+    from pipeline.report import write_report
+
+    try:
+        page = write_report(run_dir, metrics)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    click.echo(str(page))
