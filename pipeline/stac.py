@@ -172,15 +172,11 @@ def stac_item(item, assets: dict[str, dict], properties: dict, stac_path: pathli
 # ----------------------------------------------------------------------------- the run catalog
 def _done_items(run_path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
     """(collection, standalone item file) of every item whose outputs are recorded done."""
-    from pipeline.manifest import RunDir
+    from pipeline.status import done_outputs
 
-    found = []
-    for (kind, _), record in RunDir(run_path).latest().items():
-        if kind == "item" and record["status"] == "done":
-            stac = json.loads(record["info"])["assets"].get("stac")
-            if stac and pathlib.Path(stac["path"]).exists():
-                found.append((record["collection"], pathlib.Path(stac["path"])))
-    return sorted(found)
+    return sorted((key.split("/", 1)[0], pathlib.Path(assets["stac"]["path"]))
+                  for key, assets in done_outputs(run_path).items()
+                  if "stac" in assets and pathlib.Path(assets["stac"]["path"]).exists())
 
 
 def _extent(items) -> "Any":

@@ -1,6 +1,7 @@
 """What a run directory says about its items: blocks done, status, failures (for `tcmoa status`)."""
 from __future__ import annotations
 
+import json
 import pathlib
 
 from pipeline.manifest import RunDir
@@ -43,3 +44,13 @@ def run_status(path: str | pathlib.Path) -> dict:
     for item in items:
         counts[item["status"]] = counts.get(item["status"], 0) + 1
     return {"job": job.get("name"), "fingerprint": job["fingerprint"], "items": items, "counts": counts, "failures": failures}
+
+
+def done_outputs(path: str | pathlib.Path) -> dict[str, dict]:
+    """'collection/item' -> its recorded assets (format -> {path, format, sha256, ...}) for every item
+    whose outputs are recorded done, in the order they finished."""
+    outputs: dict[str, dict] = {}
+    for (kind, _), record in RunDir(path).latest().items():
+        if kind == "item" and record["status"] == "done":
+            outputs[f"{record['collection']}/{record['item_id']}"] = json.loads(record["info"])["assets"]
+    return outputs

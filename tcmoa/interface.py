@@ -40,7 +40,8 @@ class Fuser(Protocol):
     def fuse_batch(
         self, a: np.ndarray, b: np.ndarray, task: RouterSpec = "vif", *, return_prompts: bool = False
     ) -> FusionResult:
-        """Fuse N pairs. a, b: (N, H, W, Ca) and (N, H, W, Cb) float32 in [0, 1], Ca, Cb in {1, 3}."""
+        """Fuse N pairs. a, b: (N, H, W, Ca) and (N, H, W, Cb) float32 in [0, 1] (or integer arrays,
+        scaled by their dtype's range: see `as_nhwc`), Ca, Cb in {1, 3}."""
         ...
 
     def provenance(self) -> dict[str, Any]:
@@ -52,6 +53,8 @@ def as_nhwc(x: Any, what: str = "image") -> np.ndarray:
     """Accept HxW, HxWxC or NxHxWxC arrays (numpy or torch) and return float32 NHWC.
 
     A 3-D array is always one image with channels last; a stack of grey images is N x H x W x 1.
+    Integer arrays are scaled from their dtype's range to [0, 1] (uint8 / 255, uint16 / 65535,
+    int16 from [-32768, 32767]); booleans become 0 and 1. Float arrays are taken as given, in [0, 1].
     """
     if hasattr(x, "detach"):  # torch tensor, without importing torch here
         x = x.detach().cpu().numpy()
@@ -64,6 +67,20 @@ def as_nhwc(x: Any, what: str = "image") -> np.ndarray:
         raise ValueError(f"{what}: expected HxW, HxWxC or NxHxWxC, got shape {arr.shape}")
     if arr.shape[-1] not in (1, 3):
         raise ValueError(f"{what}: expected 1 or 3 channels, got shape {arr.shape}")
+    return to_unit_range(arr)
+
+
+def to_unit_range(arr: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1]: integers scaled by their dtype's range, never read as if already in [0, 1]."""
+    if arr.dtype.kind in "iu":
+        info = np.iinfo(arr.dtype)
+        if info.min == 0:
+            return (arr / np.float64(info.max)).astype(np.float32)
+        return ((arr.astype(np.float64) - info.min) / (float(info.max) - info.min)).astype(np.float32)
+    if arr.dtype.kind == "b":
+        return arr.astype(np.float32)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"unsupported array dtype {arr.dtype}: give float images in [0, 1] or integer images")
     return arr.astype(np.float32, copy=False)
 
 

@@ -1,0 +1,87 @@
+"""A run's outputs for notebooks: `open_run(RUN_DIR)` (also `tcmoa.open_run`).
+
+Every done item as a lazily read xarray Dataset: `fused` (band, y, x) and, where written,
+`prompt_share` (source, y, x), from the item's Zarr store (xarray's Zarr reader) or else its
+COG / TIFF / PNG (rioxarray), georeferenced wherever the output is (`ds.fused.rio.crs`); the run's
+STAC catalog (pystac) and its status (items, failures).
+"""
+from __future__ import annotations
+
+import pathlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+FILE_FORMATS = ("cog", "tiff", "png")
+
+
+@dataclass
+class RunOutputs:
+    path: pathlib.Path
+    datasets: dict[str, Any]  # "collection/item" -> xarray.Dataset
+    catalog: Any  # pystac.Catalog, or None before any item is done
+    status: dict = field(repr=False, default_factory=dict)
+
+    def __getitem__(self, key: str):
+        """A dataset by "collection/item", or by item id alone when that is unambiguous."""
+        if key in self.datasets:
+            return self.datasets[key]
+        matches = [k for k in self.datasets if k.split("/", 1)[1] == key]
+        if len(matches) != 1:
+            raise KeyError(f"{key!r}: {'ambiguous, one of ' + str(matches) if matches else 'no such done item'}"
+                           f" in {self.path} (items: {', '.join(self.datasets)})")
+        return self.datasets[matches[0]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.datasets)
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    def keys(self):
+        return self.datasets.keys()
+
+    @property
+    def failures(self) -> list[dict]:
+        return self.status.get("failures", [])
+
+
+def _open_file(path: pathlib.Path, name: str, dim: str):
+    import rasterio
+    import rioxarray
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # photos
+        array = rioxarray.open_rasterio(path, mask_and_scale=True)
+    return array.rename({"band": dim}).rename(name) if dim != "band" else array.rename(name)
+
+
+def open_item(assets: dict):
+    """One item's outputs (its recorded assets) as an xarray Dataset."""
+    import xarray as xr
+
+    if "zarr" in assets:
+        return xr.open_zarr(assets["zarr"]["path"])
+    fmt = next((f for f in FILE_FORMATS if f in assets), None)
+    if fmt is None:
+        raise ValueError(f"no raster output among {sorted(assets)}")
+    parts = [_open_file(pathlib.Path(assets[fmt]["path"]), "fused", "band")]
+    if "prompts" in assets:
+        parts.append(_open_file(pathlib.Path(assets["prompts"]["path"]), "prompt_share", "source"))
+    return xr.merge(parts, combine_attrs="drop_conflicts", compat="override", join="override")
+
+
+def open_run(path: str | pathlib.Path) -> RunOutputs:
+    """The done outputs of the run in `path` as xarray Datasets, with its STAC catalog and status."""
+    from pipeline.stac import CATALOG_FILE
+    from pipeline.status import done_outputs, run_status
+
+    path = pathlib.Path(path)
+    status = run_status(path)  # raises FileNotFoundError for a folder that is not a run directory
+    datasets = {key: open_item(assets) for key, assets in done_outputs(path).items()}
+    catalog = None
+    if (path / CATALOG_FILE).exists():
+        import pystac
+
+        catalog = pystac.Catalog.from_file(str(path / CATALOG_FILE))
+    return RunOutputs(path, datasets, catalog, status)
