@@ -32,6 +32,7 @@ from pipeline import radiometry, runtime, writers
 from pipeline.discover import DiscoveredItem, discover
 from pipeline.manifest import RunDir, RunDirError, canonical_json, digest, now
 from pipeline.stac import stac_item, write_run_catalog
+from pipeline.tables import ITEMS_SCHEMA, PLAN_SCHEMA
 from pipeline.radiometry import Stretch
 from pipeline.sources import Grid, SourceError, SourceInfo, SourceRef, check_overlap, expand_sources, inspect, open_reader
 from pipeline.spec import CollectionSpec, JobSpec, ModelSpec
@@ -576,20 +577,20 @@ def _failure_fields(exc: BaseException) -> dict:
 
 def write_plan_tables(run_dir: RunDir, plan: Plan) -> None:
     run_dir.write_table("items.parquet", [
-        {"collection": i.collection, "item_id": i.item_id, "status": "planned", "error": None,
+        {"item": i.key, "collection": i.collection, "item_id": i.item_id, "status": "planned", "error": None,
          "width": i.grid.width, "height": i.grid.height, "crs": i.grid.crs, "sources": canonical_json([source_identity(s) for s in i.sources]),
          "units": len(plan.units[i.key]), "prepare_id": i.prepare_id, "finalize_id": i.finalize_id, "output": i.output_base}
         for i in plan.items
     ] + [
-        {"collection": f["collection"], "item_id": f["item_id"], "status": "failed", "error": f["error"], "width": None,
+        {"item": f"{f['collection']}/{f['item_id']}", "collection": f["collection"], "item_id": f["item_id"], "status": "failed", "error": f["error"], "width": None,
          "height": None, "crs": None, "sources": None, "units": 0, "prepare_id": None, "finalize_id": None, "output": None}
         for f in plan.failures
-    ])
+    ], schema=ITEMS_SCHEMA)
     run_dir.write_table("plan.parquet", [
         {"unit_id": u.unit_id, "item": u.item_key, "block_row": u.block.row, "block_col": u.block.col,
          "y0": u.block.y0, "y1": u.block.y1, "x0": u.block.x0, "x1": u.block.x1, "tiles": u.tiles, "pixels": u.block.pixels}
         for u in plan.all_units
-    ])
+    ], schema=PLAN_SCHEMA)
 
 
 def run_job(
