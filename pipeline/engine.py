@@ -73,6 +73,7 @@ class ItemPlan:
     cog_blocksize: int
     compress: str
     prepare_id: str
+    zarr_format: int = 3
 
     @property
     def key(self) -> str:
@@ -210,7 +211,7 @@ def plan_item(job: JobSpec, collection: CollectionSpec, found: DiscoveredItem, m
     settings = {
         "task": collection.task, "tiling": dataclasses.asdict(job.tiling), "model": model_key,
         "output": {"dtype": str(dtype), "scale": out.scale, "valid": out.valid, "nodata": nodata,
-                   "prompt_maps": out.prompt_maps, "chunk": out.chunk},
+                   "prompt_maps": out.prompt_maps, "chunk": out.chunk, "zarr_format": out.zarr_format},
         "reference": reference, "grid": dataclasses.asdict(grid),
     }
     prepare_id = digest({"sources": [source_identity(s) for s in sources], "settings": settings})
@@ -220,7 +221,7 @@ def plan_item(job: JobSpec, collection: CollectionSpec, found: DiscoveredItem, m
         band_names=band_names, output_dtype=str(dtype), output_nodata=nodata, output_base=str(base),
         formats=out.formats, scale=out.scale, valid_rule=out.valid, prompt_maps=out.prompt_maps,
         window=job.tiling.window, batch_size=job.model.batch_size, chunk=out.chunk,
-        cog_blocksize=out.cog_blocksize, compress=out.compress, prepare_id=prepare_id,
+        cog_blocksize=out.cog_blocksize, compress=out.compress, prepare_id=prepare_id, zarr_format=out.zarr_format,
     )
 
 
@@ -348,6 +349,7 @@ def prepare_item(plan: Plan, item: ItemPlan, run_dir: RunDir, fuser: Fuser, reco
         writers.create_store(
             tmp, grid=item.grid, channels=item.out_channels, dtype=np.dtype(item.output_dtype), nodata=item.output_nodata,
             chunk=item.chunk, band_names=list(item.band_names), prompt_names=prompt_names, attributes=attributes,
+            zarr_format=item.zarr_format,
         )
     return stretches, True
 

@@ -81,6 +81,7 @@ class OutputSpec:
     name: str = "{item}"  # output path (without suffix) relative to dir; {item}, {collection}
     cog_blocksize: int = 512
     compress: str = "deflate"
+    zarr_format: int = 3  # 2: Zarr v2 stores with the attributes GDAL (QGIS) reads, CRS included
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,7 @@ def _output(data: Mapping, where: str, base: pathlib.Path, default_dir: pathlib.
         name=f.str("name", "{item}"),
         cog_blocksize=f.int("cog_blocksize", 512, minimum=16),
         compress=f.choice("compress", ("deflate", "zstd", "lzw", "none"), "deflate"),
+        zarr_format=_zarr_format(f),
     )
     f.done()
     if spec.chunk % 16:
@@ -470,6 +472,14 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
         path=path.resolve() if path else None,
         document=dict(document),
     )
+
+
+def _zarr_format(f: "_Fields") -> int:
+    value = f.int("zarr_format", 3)
+    if value not in (2, 3):
+        f.fail(f"{value!r} is not 2 (Zarr v2: GDAL and QGIS read it) or 3", "zarr_format")
+        return 3
+    return value
 
 
 def load_job(path: str | pathlib.Path) -> JobSpec:

@@ -37,10 +37,15 @@ MEDIA_TYPES = {
     "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
     "tiff": "image/tiff; application=geotiff",
     "png": "image/png",
-    "zarr": "application/vnd.zarr; version=3",
 }
 CATALOG_FILE = "catalog.json"
 STAC_DIR = "stac"
+
+
+def _media_type(fmt: str, item) -> str | None:
+    if fmt == "zarr":
+        return f"application/vnd.zarr; version={getattr(item, 'zarr_format', 3)}"
+    return MEDIA_TYPES.get(fmt)
 
 
 def multihash_sha256(hex_digest: str) -> str:
@@ -155,7 +160,7 @@ def stac_item(item, assets: dict[str, dict], properties: dict, stac_path: pathli
         fields["bands"] = (_bands([f"share:{r}" for r in item.roles], "float32", float("nan"), grid) if prompts
                            else _bands(item.band_names, item.output_dtype, item.output_nodata, grid))
         stac.add_asset(key, pystac.Asset(
-            href=os.path.relpath(path, stac_path.parent), media_type=MEDIA_TYPES.get(asset["format"]),
+            href=os.path.relpath(path, stac_path.parent), media_type=_media_type(asset["format"], item),
             roles=asset.get("roles", ["data"]), extra_fields=fields,
             title="share of each source per pixel (TC-MoA prompts)" if prompts else "fused image",
         ))

@@ -149,43 +149,55 @@ def _geo_attributes(grid: Grid) -> dict:
 
 def create_store(
     path: pathlib.Path, *, grid: Grid, channels: int, dtype: np.dtype, nodata: float | None, chunk: int,
-    band_names: list[str], prompt_names: list[str] | None, attributes: dict,
+    band_names: list[str], prompt_names: list[str] | None, attributes: dict, zarr_format: int = 3,
 ) -> None:
     """Create the item's store once, before any block is written (workers only write regions)."""
     import zarr
 
     fill = nodata if nodata is not None else 0
-    group = zarr.open_group(path, mode="w", attributes=json_safe({**attributes, **_geo_attributes(grid)}))
+    group = zarr.open_group(path, mode="w", zarr_format=zarr_format,
+                            attributes=json_safe({**attributes, **_geo_attributes(grid)}))
+
+    def create(name: str, *, dimension_names: tuple[str, ...], attributes: dict, **kwargs):
+        """Dimension names the format's way: a v3 field, or xarray's `_ARRAY_DIMENSIONS` in v2,
+        where GDAL also wants the CRS as `_CRS` (with it and the x/y arrays, GDAL/QGIS read the grid)."""
+        if zarr_format == 2:
+            crs = {"_CRS": {"wkt": crs_forms.wkt2(grid.crs)}} if grid.georeferenced and len(dimension_names) == 3 else {}
+            attributes = {**attributes, "_ARRAY_DIMENSIONS": list(dimension_names), **crs}
+            return group.create_array(name, attributes=attributes, **kwargs)
+        return group.create_array(name, dimension_names=dimension_names, attributes=attributes, **kwargs)
+
     fused_attrs = {"band_names": band_names, "nodata": nodata, "long_name": "fused image"}
     if grid.georeferenced:
         fused_attrs.update(grid_mapping="spatial_ref", coordinates="spatial_ref", **_geo_attributes(grid))
     if nodata is not None:
         fused_attrs["_FillValue"] = nodata
-    group.create_array(
+    create(
         FUSED, shape=(channels, grid.height, grid.width), chunks=(channels, chunk, chunk), dtype=dtype,
         fill_value=fill, dimension_names=("band", "y", "x"), attributes=json_safe(fused_attrs),
     )
     if prompt_names:
-        group.create_array(
+        create(
             PROMPTS, shape=(len(prompt_names), grid.height, grid.width), chunks=(len(prompt_names), chunk, chunk),
             dtype="float32", fill_value=float("nan"), dimension_names=("source", "y", "x"),
             attributes={"source_names": prompt_names, "long_name": "share of each source per pixel (TC-MoA prompts)",
                         **({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"} if grid.georeferenced else {})},
         )
-    band = group.create_array("band", shape=(channels,), dtype="int32", dimension_names=("band",), attributes={"band_names": band_names})
+    band = create("band", shape=(channels,), dtype="int32", dimension_names=("band",), attributes={"band_names": band_names})
     band[:] = np.arange(1, channels + 1, dtype=np.int32)
     if grid.georeferenced:
         a, b, c, d, e, f = grid.transform
         axes = crs_forms.axis_attributes(grid.crs)
-        x = group.create_array("x", shape=(grid.width,), dtype="float64", dimension_names=("x",), attributes=axes["x"])
+        x = create("x", shape=(grid.width,), dtype="float64", dimension_names=("x",), attributes=axes["x"])
         x[:] = c + a * (np.arange(grid.width) + 0.5)
-        y = group.create_array("y", shape=(grid.height,), dtype="float64", dimension_names=("y",), attributes=axes["y"])
+        y = create("y", shape=(grid.height,), dtype="float64", dimension_names=("y",), attributes=axes["y"])
         y[:] = f + e * (np.arange(grid.height) + 0.5)
         # CF / rioxarray grid mapping: a scalar variable holding the CRS and the GDAL geotransform
-        group.create_array("spatial_ref", shape=(), dtype="int32", dimension_names=(),
+        create("spatial_ref", shape=(), dtype="int32", dimension_names=(),
                            attributes=crs_forms.grid_mapping_attributes(grid.crs, grid.transform))
     with warnings.catch_warnings():
         # zarr-python warns that consolidated metadata is not in the v3 spec yet; xarray reads it
+        # (.zmetadata in format 2)
         warnings.simplefilter("ignore", UserWarning)
         zarr.consolidate_metadata(path)  # metadata is final here: workers only write chunks
 

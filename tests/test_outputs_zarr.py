@@ -72,3 +72,35 @@ def test_cf_and_geozarr_attributes(demo_run):
     assert fused["proj:code"] == "EPSG:32633" and fused["proj:wkt2"].startswith("PROJCRS[")
     assert pyproj.CRS(fused["proj:wkt2"]) == pyproj.CRS("EPSG:32633")
     assert fused["spatial:transform"] == [30.0, 0.0, 500000.0, 0.0, -30.0, 5000000.0]
+
+
+def test_zarr_format_2_stores_open_in_gdal_and_xarray_like_the_cog(tmp_path):
+    """output.zarr_format: 2 writes stores GDAL 3.10 (so QGIS) reads with their CRS and grid."""
+    from pipeline.engine import run_job
+    from pipeline.spec import SpecError, parse_job
+    from pipeline_support import ContextFuser, pair_job, random_raster, write_geotiff
+
+    rng = np.random.default_rng(5)
+    write_geotiff(tmp_path / "s1_a.tif", random_raster(rng, (3, 100, 130), "uint16"), nodata=0)
+    write_geotiff(tmp_path / "s1_b.tif", random_raster(rng, (100, 130), "uint16"), crs="EPSG:32632")
+    doc = pair_job(tmp_path, extra_output={"prompt_maps": True, "zarr_format": 2})
+    summary = run_job(parse_job(doc, base=tmp_path), fuser=ContextFuser(), progress=False)
+    assert summary.items_done == 1, summary.failures
+    store = tmp_path / "out" / "s1.zarr"
+    assert (store / ".zmetadata").exists() and (store / "fused" / ".zarray").exists()
+    for variable, file in (("fused", "s1.tif"), ("prompt_share", "s1.prompts.tif")):
+        with rasterio.open(f'ZARR:"{store}":/{variable}') as gdal_view, rasterio.open(tmp_path / "out" / file) as cog:
+            assert gdal_view.crs == cog.crs and gdal_view.transform.almost_equals(cog.transform, precision=1e-9)
+            assert gdal_view.count == cog.count
+            np.testing.assert_array_equal(gdal_view.nodata, cog.nodata)  # 0, or NaN for the prompt shares
+            np.testing.assert_array_equal(gdal_view.read(), cog.read())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            array = xr.open_zarr(store)[variable]
+        expected, crs, transform = _masked(tmp_path / "out" / file)
+        assert array.rio.crs == crs and array.rio.transform().almost_equals(transform, precision=1e-9)
+        np.testing.assert_array_equal(array.values.astype(np.float64), expected)
+    stac = json.loads((tmp_path / "out" / "s1.stac.json").read_text())
+    assert stac["assets"]["zarr"]["type"] == "application/vnd.zarr; version=2"
+    with pytest.raises(SpecError, match="zarr_format"):
+        parse_job(pair_job(tmp_path, extra_output={"zarr_format": 4}), base=tmp_path)
