@@ -195,20 +195,18 @@ def _extent(items) -> "Any":
     return pystac.Extent(pystac.SpatialExtent(spatial), pystac.TemporalExtent(temporal))
 
 
-class _AtomicStacIO:
+def _atomic_stac_io():
     """pystac's default I/O, writing each document under a temporary name renamed into place."""
+    import pystac
 
-    def __new__(cls):
-        import pystac
+    from pipeline.writers import atomic_path
 
-        from pipeline.writers import atomic_path
+    class AtomicStacIO(pystac.stac_io.DefaultStacIO):
+        def write_text_to_href(self, href: str, txt: str) -> None:
+            with atomic_path(pathlib.Path(href)) as tmp:
+                tmp.write_text(txt)
 
-        class AtomicStacIO(pystac.stac_io.DefaultStacIO):
-            def write_text_to_href(self, href: str, txt: str) -> None:
-                with atomic_path(pathlib.Path(href)) as tmp:
-                    tmp.write_text(txt)
-
-        return AtomicStacIO()
+    return AtomicStacIO()
 
 
 def write_run_catalog(run_path: str | pathlib.Path, job_name: str, collections: dict[str, str] | None = None) -> pathlib.Path | None:
@@ -241,7 +239,7 @@ def write_run_catalog(run_path: str | pathlib.Path, job_name: str, collections: 
             collection.add_item(item)
             item.set_self_href(str(folder / f"{item.id}.json"))  # relative asset hrefs follow the move
             written.add(folder / f"{item.id}.json")
-    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=_AtomicStacIO())
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=_atomic_stac_io())
     for stale in (run_path / STAC_DIR).rglob("*.json"):
         if stale not in written:
             stale.unlink()
