@@ -170,7 +170,7 @@ def _panels(out_dir: pathlib.Path, key: str, items_row: dict, assets: dict) -> l
             with open_reader(ref, grid) as reader:
                 raw, valid, _ = reader.read_decimated(THUMB)
             return to_display(raw, valid)
-        draw(f"source {ref.role}" + (f" (plane {ref.plane})" if ref.plane is not None else ""), f"source-{index}", source)
+        draw(f"source {ref.role}", f"source-{index}", source)  # a stack's roles name their plane: plane[2]
     fused = next((pathlib.Path(assets[f]["path"]) for f in ("cog", "tiff", "png", "zarr") if f in assets), None)
     if fused is not None:
         draw("fused", "fused", lambda: to_display(*read_output(fused, "fused", THUMB)))

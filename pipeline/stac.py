@@ -167,7 +167,7 @@ def stac_item(item, assets: dict[str, dict], properties: dict, stac_path: pathli
     for ref in item.sources:
         for path in ref.files:
             stac.add_link(pystac.Link("derived_from", str(pathlib.Path(path).absolute()) if "://" not in path else path,
-                                      title=f"source {ref.role}" + (f" plane {ref.plane}" if ref.plane is not None else "")))
+                                      title=f"source {ref.role}"))
     document = stac.to_dict(include_self_link=False, transform_hrefs=False)
     if single is None:  # pystac drops a null datetime; the core schema needs the key present
         document["properties"] = {"datetime": None, **document["properties"]}
