@@ -568,7 +568,7 @@ class _Recorder:
 
 def _record(kind: str, rid: str, item: ItemPlan, status: str, started, **extra) -> dict:
     finished = now()
-    return {"kind": kind, "id": rid, "item_id": item.item_id, "collection": item.collection, "status": status,
+    return {"kind": kind, "id": rid, "item": item.key, "item_id": item.item_id, "collection": item.collection, "status": status,
             "started": started, "finished": finished, "seconds": (finished - started).total_seconds(), **extra}
 
 

@@ -43,6 +43,7 @@ STATUS_SCHEMA = pa.schema([
     ("timings", pa.string()),  # JSON
     ("info", pa.string()),  # JSON: radiometry, outputs...
     ("run_id", pa.string()),
+    ("item", pa.string()),  # 'collection/item_id', the key of items.parquet and plan.parquet (null in older parts)
 ])
 
 

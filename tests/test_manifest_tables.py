@@ -68,8 +68,8 @@ def test_tables_of_several_runs_combine_and_query_in_duckdb(tmp_path):
     assert rows == [("geo", "test/s1", "planned", True, 4, 70 * 80), ("geo", "test/s2", "failed", False, 0, 0),
                     ("photo", "test/s1", "planned", False, 4, 70 * 80), ("photo", "test/s2", "planned", False, 4, 70 * 80)]
     done = con.sql("""
-        select s.run, s.collection || '/' || s.item_id as item, count(*) as units
-        from status s join plan p on s.run = p.run and s.id = p.unit_id
+        select s.run, s.item, count(*) as units
+        from status s join plan p on s.run = p.run and s.id = p.unit_id and s.item = p.item
         where s.kind = 'unit' and s.status = 'done' group by all order by all""").fetchall()
     assert done == [("geo", "test/s1", 4), ("photo", "test/s1", 4), ("photo", "test/s2", 4)]
     errors = con.sql("select error from items where status = 'failed'").fetchall()
