@@ -5,8 +5,9 @@
 - focus/: focus stacks as 16-bit OME-TIFF z-stacks (3 planes), each plane sharp at another depth;
 - geo/: a georeferenced optical (3-band uint16, 30 m) + thermal infrared (1-band uint16, 60 m,
   shifted extent, nodata collar) GeoTIFF pair in EPSG:32633.
-Acquisition times are recorded as cameras and products do (EXIF DateTimeOriginal one second apart
-per bracket, the TIFF DateTime tag of the GeoTIFFs), so the STAC Items carry them.
+Acquisition times are recorded as cameras, microscopes and products do (EXIF DateTimeOriginal one
+second apart per bracket, OME AcquisitionDate, the TIFF DateTime tag of the GeoTIFFs), so the STAC
+Items carry them.
 The fused results of `jobs/demo.yaml` over this archive show the plumbing of every use case.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ FOCUS_PLANES = 3
 GEO_CRS = "EPSG:32633"
 BRACKET_TIME = "2024:06:01 09:15:{second:02d}"  # EXIF form; the offset is OffsetTimeOriginal
 GEO_TIME = "2024:06:01 10:30:12"  # TIFF DateTime (UTC)
+STACK_TIME = "2024-06-01T08:00:00"  # OME Image/AcquisitionDate
 
 
 def _photo(name: str) -> np.ndarray:
@@ -85,7 +87,8 @@ def _write_focus(root: pathlib.Path) -> list[pathlib.Path]:
         path = root / "focus" / f"{scene}.ome.tif"
         path.parent.mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(path, stack, ome=True, photometric="minisblack",
-                         metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0})
+                         metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0,
+                                   "AcquisitionDate": STACK_TIME})
         written.append(path)
     return written
 

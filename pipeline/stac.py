@@ -102,7 +102,7 @@ def _bands(names, dtype: str, nodata: float | None, grid) -> list[dict]:
     return bands
 
 
-def _times(sources) -> tuple[dict, dt.datetime | None]:
+def acquisition_properties(sources) -> tuple[dict, dt.datetime | None]:
     """datetime (acquisition) properties: one time, or null with the range the sources span. When
     no source records a time, the range of the files' modification times, and said so."""
     files = [(path, ref.kind) for ref in sources for path in ref.files]
@@ -138,7 +138,7 @@ def stac_item(item, assets: dict[str, dict], properties: dict, stac_path: pathli
         proj, geometry, bbox = _projection(grid)
         props.update(proj)
         extensions.insert(0, PROJECTION)
-    time_props, single = _times(item.sources)
+    time_props, single = acquisition_properties(item.sources)
     props.update(time_props)
     props.update({
         "created": _utc_text(created),

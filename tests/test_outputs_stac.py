@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import pathlib
 import shutil
 
@@ -17,7 +18,9 @@ from PIL import Image
 from outputs_support import demo_run  # noqa: F401  (session fixture)
 from pipeline.acquisition import acquisition_time, parse_time
 from pipeline.engine import run_job
+from pipeline.sources import SourceRef
 from pipeline.spec import parse_job
+from pipeline.stac import acquisition_properties
 from pipeline.writers import sha256_output
 from pipeline_support import SourceAFuser, pair_job, random_raster, write_geotiff
 from stac_support import OfflineValidator, use_offline_validator
@@ -55,7 +58,7 @@ def test_demo_run_catalog_loads_whole_and_validates(demo_run):
     assert bracket.datetime is None and bracket.to_dict()["properties"]["datetime"] is None
     assert (bracket.common_metadata.start_datetime, bracket.common_metadata.end_datetime) == (
         dt.datetime(2024, 6, 1, 7, 15, 1, tzinfo=dt.timezone.utc), dt.datetime(2024, 6, 1, 7, 15, 3, tzinfo=dt.timezone.utc))
-    assert items["camera"].properties["tcmoa:datetime_from"].startswith("file modification")  # OME stack: no time recorded
+    assert items["camera"].datetime == dt.datetime(2024, 6, 1, 8, tzinfo=dt.timezone.utc)  # OME AcquisitionDate
     assert collections["brackets"].extent.temporal.intervals[0][0] == bracket.common_metadata.start_datetime
 
     for item in items.values():
@@ -139,3 +142,9 @@ def test_acquisition_times_from_file_metadata(tmp_path):
     tifffile.imwrite(tmp_path / "s.tif", np.zeros((2, 8, 8), np.uint16), datetime="2022:02:03 04:05:06")
     assert acquisition_time(str(tmp_path / "s.tif"), "stack") == dt.datetime(2022, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
     assert acquisition_time(str(tmp_path / "missing.tif"), "raster") is None
+    # no source records a time: a range of the files' modification times, labelled as such
+    untimed = SourceRef(role="a", kind="photo", files=(str(tmp_path / "none.png"),))
+    os.utime(tmp_path / "none.png", (1_700_000_000, 1_700_000_000))
+    properties, single = acquisition_properties([untimed])
+    assert single == dt.datetime.fromtimestamp(1_700_000_000, dt.timezone.utc)
+    assert properties["tcmoa:datetime_from"].startswith("file modification times")
