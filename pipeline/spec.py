@@ -26,6 +26,7 @@ OUTPUT_SCALES = ("reference", "full")
 VALID_RULES = ("union", "intersection")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")  # model.weights names a file (a path) with these
 
 
 class SpecError(ValueError):
@@ -447,7 +448,7 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
     )
     mf.done()
     weights_path = _path(base, model.weights)
-    if weights_path.suffix in (".safetensors", ".pt", ".pth"):
+    if weights_path.suffix in WEIGHTS_SUFFIXES:
         model = ModelSpec(**{**model.__dict__, "weights": str(weights_path)})
         if not weights_path.exists():
             mf.fail(f"weights file {weights_path} does not exist", "weights")
@@ -485,3 +486,42 @@ def load_job(path: str | pathlib.Path) -> JobSpec:
     if not isinstance(document, Mapping):
         raise SpecError(f"{path}: a job file must be a YAML mapping, got {type(document).__name__}")
     return parse_job(document, path=path)
+
+
+def absolute_paths(document: Mapping, base: pathlib.Path) -> dict:
+    """The job document with every path made absolute against `base`, and the defaults that
+    depend on the job file's folder (run_dir, discover.root) written out: the result means the
+    same job wherever the file is moved (a cluster submission ships a copy of it)."""
+    base = base.resolve()
+    doc = {**document}
+
+    def absolute(mapping: Any, key: str, default: str | None = None) -> Any:
+        if not isinstance(mapping, Mapping):
+            return mapping
+        mapping = dict(mapping)
+        value = mapping.get(key, default)
+        if isinstance(value, str) and value.strip():
+            mapping[key] = str(_path(base, value))
+        return mapping
+
+    name = doc.get("name") if isinstance(doc.get("name"), str) else "job"
+    doc = absolute(doc, "run_dir", f"runs/{name}")
+    if "output" in doc:
+        doc["output"] = absolute(doc["output"], "dir")
+    if "discover" in doc:
+        doc["discover"] = absolute(absolute(doc["discover"], "root", "."), "file")
+    if isinstance(doc.get("collections"), list):
+        collections = []
+        for raw in doc["collections"]:
+            if isinstance(raw, Mapping):
+                raw = dict(raw)
+                if "discover" in raw:
+                    raw["discover"] = absolute(absolute(raw["discover"], "root", "."), "file")
+                if "output" in raw:
+                    raw["output"] = absolute(raw["output"], "dir")
+            collections.append(raw)
+        doc["collections"] = collections
+    model = doc.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("weights"), str) and pathlib.Path(model["weights"]).suffix in WEIGHTS_SUFFIXES:
+        doc["model"] = absolute(model, "weights")
+    return doc

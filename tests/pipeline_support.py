@@ -106,3 +106,26 @@ def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, f
     }
     doc.update(top)
     return doc
+
+
+def output_pixels(outputs: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every output under a run's outputs folder as arrays, keyed by relative path (and Zarr array
+    name): PNG through Pillow, GeoTIFF/TIFF through rasterio, each array of each Zarr store."""
+    import rasterio
+    import zarr
+    from PIL import Image
+
+    pixels: dict[str, np.ndarray] = {}
+    for path in sorted(outputs.rglob("*")):
+        key = str(path.relative_to(outputs))
+        if path.suffix == ".zarr" and path.is_dir():
+            for name, array in zarr.open_group(path, mode="r").arrays():
+                pixels[f"{key}/{name}"] = array[...]
+        elif ".zarr" in key:
+            continue
+        elif path.suffix == ".png":
+            pixels[key] = np.asarray(Image.open(path))
+        elif path.suffix in (".tif", ".tiff"):
+            with rasterio.open(path) as ds:
+                pixels[key] = ds.read()
+    return pixels
