@@ -127,13 +127,23 @@ def run_supports_address() -> bool:
     return any(param.name == "address" for param in run.params)
 
 
+def python_command(args: Iterable[str]) -> str:
+    """A `python ...` command line for a job's driver on the cluster.
+
+    Ray starts job entrypoints with OMP_NUM_THREADS=1 (its default for a process that reserved no
+    CPUs): torch in the driver would then run the model on one core, and its bf16 results differ
+    in the last bits from a run on all cores. The driver is one process: let it use the node's cores
+    like `tcmoa run` on that machine would (Ray's workers still get their own settings)."""
+    return shlex.join(["env", "-u", "OMP_NUM_THREADS", "python", *args])
+
+
 def entrypoint(run_args: Iterable[str] = ()) -> str:
     """The command the cluster runs: `tcmoa run` on the shipped job file, joining that cluster
     when `tcmoa run` can (otherwise it runs in the job's driver process on the head node)."""
-    command = ["python", "-m", "pipeline.cli", "run", STAGED_JOB_FILE]
+    args = ["-m", "pipeline.cli", "run", STAGED_JOB_FILE]
     if run_supports_address() and "--address" not in run_args:
-        command += ["--address", "auto"]
-    return shlex.join([*command, *run_args])
+        args += ["--address", "auto"]
+    return python_command([*args, *run_args])
 
 
 def submission_id(job_name: str) -> str:

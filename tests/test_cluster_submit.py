@@ -68,9 +68,9 @@ def test_auth_token_lookup_follows_rays_order(monkeypatch, tmp_path):
 
 def test_entrypoint_joins_the_cluster_only_when_tcmoa_run_can(monkeypatch):
     monkeypatch.setattr(submission, "run_supports_address", lambda: False)
-    assert submission.entrypoint(["--resume"]) == "python -m pipeline.cli run job.yaml --resume"
+    assert submission.entrypoint(["--resume"]) == "env -u OMP_NUM_THREADS python -m pipeline.cli run job.yaml --resume"
     monkeypatch.setattr(submission, "run_supports_address", lambda: True)
-    assert submission.entrypoint([]) == "python -m pipeline.cli run job.yaml --address auto"
+    assert submission.entrypoint([]) == "env -u OMP_NUM_THREADS python -m pipeline.cli run job.yaml --address auto"
     assert submission.entrypoint(["--address", "ray://x:10001"]).endswith("run job.yaml --address ray://x:10001")
 
 
@@ -166,18 +166,21 @@ def test_submit_wait_runs_the_job_on_the_cluster_like_a_local_run(ray_head, tmp_
 
 
 def test_the_cluster_imports_the_shipped_package(ray_head, tmp_path, monkeypatch):
-    """The runtime env's packages come before whatever the cluster has installed."""
+    """The runtime env's packages come before whatever the cluster has installed, and the driver
+    is not held to the one thread Ray gives job entrypoints."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     client = submission.client(ray_head.address)
     (tmp_path / submission.STAGED_JOB_FILE).write_text("name: x\n")
     job_id = client.submit_job(
-        entrypoint="python -c 'import pipeline, tcmoa; print(pipeline.__file__); print(tcmoa.__file__)'",
+        entrypoint=submission.python_command(["-c", "import os, pipeline, tcmoa; print(pipeline.__file__); "
+                                                    "print(tcmoa.__file__); print('threads', os.environ.get('OMP_NUM_THREADS'))"]),
         runtime_env=submission.runtime_env(tmp_path))
     info = submission.follow(client, job_id, lambda text: None, poll_s=0.5)
     assert info.status == "SUCCEEDED", client.get_job_logs(job_id)
     files = [line for line in client.get_job_logs(job_id).splitlines() if line.endswith("__init__.py")]
     assert len(files) == 2 and all("py_modules_files" in f for f in files), files
+    assert "threads None" in client.get_job_logs(job_id)
 
 
 def _invoke(monkeypatch, token: str, *args):
