@@ -129,3 +129,19 @@ def output_pixels(outputs: pathlib.Path) -> dict[str, np.ndarray]:
             with rasterio.open(path) as ds:
                 pixels[key] = ds.read()
     return pixels
+
+
+def write_fast_demo_job(jobs_dir: pathlib.Path, name: str = "demo", **overrides: Any) -> pathlib.Path:
+    """jobs/demo.yaml written into jobs_dir (beside a `samples/` folder, as in the repository) with
+    a fast baseline fuser instead of the model, and top-level overrides (e.g. run_dir)."""
+    import yaml
+
+    document = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml").read_text())
+    document["model"]["weights"] = "baseline:average"
+    for collection in document["collections"]:
+        collection["output"]["prompt_maps"] = False  # the baseline has no prompts
+    document.update(overrides)
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    path = jobs_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path

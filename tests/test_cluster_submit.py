@@ -20,7 +20,7 @@ from pipeline.spec import absolute_paths, load_job, parse_job
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from pipeline_support import output_pixels  # noqa: E402
+from pipeline_support import output_pixels, write_fast_demo_job  # noqa: E402
 from ray_head import start_head, stop_head  # noqa: E402
 
 
@@ -128,14 +128,8 @@ def _demo_archive(root: pathlib.Path) -> None:
     """The sample archive and jobs/demo.yaml beside it, with a fast baseline fuser instead of the
     model (what is tested is the submission: the fuser is the same on both sides)."""
     assert CliRunner().invoke(main, ["samples", str(root / "samples"), "--quiet"]).exit_code == 0
-    document = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text())
-    document["model"]["weights"] = "baseline:average"
-    for collection in document["collections"]:
-        collection["output"]["prompt_maps"] = False  # the baseline has no prompts
-    (root / "jobs").mkdir()
-    (root / "jobs" / "demo.yaml").write_text(yaml.safe_dump(document))
-    document["run_dir"] = "../runs/local"
-    (root / "jobs" / "local.yaml").write_text(yaml.safe_dump(document))
+    write_fast_demo_job(root / "jobs")
+    write_fast_demo_job(root / "jobs", "local", run_dir="../runs/local")
 
 
 @pytest.mark.slow
