@@ -92,11 +92,10 @@ def client(address: str | None):
 
     if not address:
         raise SubmissionError("no cluster address: pass --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS")
+    headers = auth_headers()
     try:
-        return JobSubmissionClient(address, headers=auth_headers())
-    except SubmissionError:
-        raise
-    except Exception as exc:  # ConnectionError, RuntimeError, requests' errors: one line for the user
+        return JobSubmissionClient(address, headers=headers)
+    except (RuntimeError, OSError, ValueError) as exc:  # unreachable, refused, a malformed address: one line
         raise SubmissionError(explain_error(exc, address)) from None
 
 
@@ -140,8 +139,9 @@ def python_command(args: Iterable[str]) -> str:
 def entrypoint(run_args: Iterable[str] = ()) -> str:
     """The command the cluster runs: `tcmoa run` on the shipped job file, joining that cluster
     when `tcmoa run` can (otherwise it runs in the job's driver process on the head node)."""
+    run_args = list(run_args)
     args = ["-m", "pipeline.cli", "run", STAGED_JOB_FILE]
-    if run_supports_address() and "--address" not in run_args:
+    if run_supports_address() and not any(a == "--address" or a.startswith("--address=") for a in run_args):
         args += ["--address", "auto"]
     return python_command([*args, *run_args])
 

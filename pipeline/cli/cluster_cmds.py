@@ -73,7 +73,7 @@ def submit(job_file: pathlib.Path, address: str | None, wait: bool, run_args: tu
     """
     from pipeline.spec import SpecError
     from pipeline.submission import (
-        SubmissionError, client, entrypoint, record_submission, runtime_env, stage_job, submission_id,
+        SubmissionError, client, entrypoint, explain_error, record_submission, runtime_env, stage_job, submission_id,
         submission_record,
     )
 
@@ -86,19 +86,16 @@ def submit(job_file: pathlib.Path, address: str | None, wait: bool, run_args: tu
                 entrypoint=command, submission_id=submission_id(job.name), runtime_env=runtime_env(pathlib.Path(staging)),
                 metadata={"tcmoa_job": job.name, "run_dir": str(job.run_dir)},
             )
-    except SpecError as exc:
+    except (SpecError, SubmissionError) as exc:
         _fail(str(exc))
-    except SubmissionError as exc:
-        _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - the Jobs client raises RuntimeError/ConnectionError: one line
-        from pipeline.submission import explain_error
-
+    except (RuntimeError, OSError) as exc:  # the Jobs client's errors (requests' are OSErrors): one line
         _fail(explain_error(exc, address))
     try:
         recorded = record_submission(job.run_dir, submission_record(job_id, address, job, job_file, command))
         click.echo(f"submitted {job_id} to {address} (recorded in {recorded})", err=True)
-    except OSError as exc:  # the run directory is on storage only the cluster sees
-        click.echo(f"submitted {job_id} to {address}; not recorded in {job.run_dir}: {exc.strerror or exc}", err=True)
+    except (OSError, SubmissionError) as exc:  # the run directory is on storage only the cluster sees, or its record is damaged
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        click.echo(f"submitted {job_id} to {address}; not recorded in {job.run_dir}: {reason}", err=True)
     if not wait:
         click.echo(job_id)
         click.echo(f"follow it: tcmoa logs {job_id} --follow --address {address}; stop it: tcmoa stop {job_id} --address {address}", err=True)
@@ -142,11 +139,9 @@ def stop(job: str, address: str | None) -> None:
 
     ref, job_client = _job(job, address)
     try:
-        stopped = job_client.stop_job(ref.job_id)
+        if job_client.stop_job(ref.job_id):
+            click.echo(f"stop requested for {ref.job_id}")
+        else:
+            click.echo(f"{ref.job_id} was not running ({job_client.get_job_status(ref.job_id).value})")
     except RuntimeError as exc:
         _fail(explain_error(exc, ref.address))
-    if stopped:
-        click.echo(f"stop requested for {ref.job_id}")
-    else:
-        status = job_client.get_job_status(ref.job_id)
-        click.echo(f"{ref.job_id} was not running ({status.value})")
