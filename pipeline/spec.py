@@ -389,8 +389,13 @@ def _missing(f: _Fields, key: str, default: Any) -> Any:
     return default
 
 
-def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: pathlib.Path | None = None) -> JobSpec:
-    """Validate a parsed job document; raise SpecError listing every problem."""
+def parse_job(
+    document: Mapping, *, path: pathlib.Path | None = None, base: pathlib.Path | None = None, check_files: bool = True,
+) -> JobSpec:
+    """Validate a parsed job document; raise SpecError listing every problem.
+
+    check_files=False skips checking that a weights file exists: for a job validated on one
+    machine and run on another that mounts the file (`tcmoa submit`; the run checks it there)."""
     base = (base or (path.parent if path else pathlib.Path.cwd())).resolve()
     problems: list[str] = []
     top = _Fields(document, "", problems)
@@ -450,7 +455,7 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
     weights_path = _path(base, model.weights)
     if weights_path.suffix in WEIGHTS_SUFFIXES:
         model = ModelSpec(**{**model.__dict__, "weights": str(weights_path)})
-        if not weights_path.exists():
+        if check_files and not weights_path.exists():
             mf.fail(f"weights file {weights_path} does not exist", "weights")
 
     lf = _Fields(top.raw("limits", {}), "limits", problems)
@@ -473,7 +478,7 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
     )
 
 
-def load_job(path: str | pathlib.Path) -> JobSpec:
+def load_job(path: str | pathlib.Path, *, check_files: bool = True) -> JobSpec:
     path = pathlib.Path(path)
     try:
         text = path.read_text()
@@ -485,7 +490,7 @@ def load_job(path: str | pathlib.Path) -> JobSpec:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, Mapping):
         raise SpecError(f"{path}: a job file must be a YAML mapping, got {type(document).__name__}")
-    return parse_job(document, path=path)
+    return parse_job(document, path=path, check_files=check_files)
 
 
 def absolute_paths(document: Mapping, base: pathlib.Path) -> dict:

@@ -101,8 +101,11 @@ def client(address: str | None):
 
 # ----------------------------------------------------------------------------- what is shipped
 def stage_job(job_file: pathlib.Path, staging: pathlib.Path) -> JobSpec:
-    """Validate the job file and write the copy the cluster runs (absolute paths) into `staging`."""
-    job = load_job(job_file)  # every problem reported here, before anything is uploaded
+    """Validate the job file and write the copy the cluster runs (absolute paths) into `staging`.
+
+    Every problem is reported here, before anything is uploaded, except a weights file missing on
+    this machine: it may be on storage only the cluster mounts, and the run checks it there."""
+    job = load_job(job_file, check_files=False)
     base = job_file.resolve().parent
     header = f"# Submitted copy of {job_file.resolve()}: relative paths resolved against {base}\n"
     document = absolute_paths(job.document, base)

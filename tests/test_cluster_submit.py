@@ -44,6 +44,22 @@ def test_absolute_paths_write_out_defaults_that_depend_on_the_file(tmp_path):
     assert document["discover"] == {"type": "glob"}  # the input is not modified
 
 
+def test_staging_ships_absolute_paths_and_leaves_the_weights_file_to_the_cluster(tmp_path):
+    job_file = tmp_path / "jobs" / "j.yaml"
+    job_file.parent.mkdir()
+    job_file.write_text(yaml.safe_dump({
+        "name": "j", "task": "vif", "discover": {"type": "glob", "root": "../archive"},
+        "sources": [{"role": "a", "pattern": "*_a.tif"}, {"role": "b", "pattern": "*_b.tif"}],
+        "model": {"weights": "/data/models/m.safetensors"}, "run_dir": "../runs/j"}))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    job = submission.stage_job(job_file, staging)  # the weights exist only on the cluster: not refused here
+    assert job.run_dir == tmp_path / "runs" / "j"
+    shipped = yaml.safe_load((staging / submission.STAGED_JOB_FILE).read_text())
+    assert shipped["discover"]["root"] == str(tmp_path / "archive") and shipped["run_dir"] == str(tmp_path / "runs" / "j")
+    assert shipped["model"]["weights"] == "/data/models/m.safetensors"
+
+
 def test_auth_token_lookup_follows_rays_order(monkeypatch, tmp_path):
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
