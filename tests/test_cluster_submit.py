@@ -17,11 +17,10 @@ from click.testing import CliRunner
 from pipeline import submission
 from pipeline.cli import main
 from pipeline.spec import absolute_paths, load_job, parse_job
+from pipeline_support import output_pixels, write_fast_demo_job
+from ray_head import start_head, stop_head
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from pipeline_support import output_pixels, write_fast_demo_job  # noqa: E402
-from ray_head import start_head, stop_head  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- pieces
