@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import yaml
+from ray.exceptions import AuthenticationError
 
 from pipeline.spec import JobSpec, absolute_paths, load_job
 from pipeline.writers import atomic_path
@@ -45,6 +46,11 @@ UPLOAD_EXCLUDES = ["__pycache__/", "*.pyc", ".git/", "*.egg-info/", "runs/", "sa
 
 class SubmissionError(RuntimeError):
     """The cluster cannot be reached, refused the request, or the job id is unknown."""
+
+
+# What the Jobs client raises for an unreachable or refusing cluster, an unknown job or a malformed
+# address (requests' errors are OSErrors): shown to the user as one line.
+CLIENT_ERRORS = (RuntimeError, OSError, ValueError, AuthenticationError)
 
 
 # ----------------------------------------------------------------------------- authentication
@@ -95,7 +101,7 @@ def client(address: str | None):
     headers = auth_headers()
     try:
         return JobSubmissionClient(address, headers=headers)
-    except (RuntimeError, OSError, ValueError) as exc:  # unreachable, refused, a malformed address: one line
+    except CLIENT_ERRORS as exc:
         raise SubmissionError(explain_error(exc, address)) from None
 
 

@@ -220,3 +220,9 @@ def test_submit_without_the_token_is_refused_with_a_hint(ray_head, tmp_path):
     refused = _tcmoa(_env(tmp_path, None), "submit", job, "--address", ray_head.address)
     assert refused.returncode == 2 and "RAY_AUTH_TOKEN" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "runs").exists()  # nothing recorded for a job that was not submitted
+
+
+def test_a_wrong_token_is_refused_with_a_hint(ray_head, monkeypatch):
+    wrong = _invoke(monkeypatch, "not-the-token", "logs", "some-job", "--address", ray_head.address)
+    assert wrong.exit_code == 2 and "Invalid authentication token" in wrong.stderr and "RAY_AUTH_TOKEN" in wrong.stderr
+    assert isinstance(wrong.exception, SystemExit)

@@ -73,7 +73,7 @@ def submit(job_file: pathlib.Path, address: str | None, wait: bool, run_args: tu
     """
     from pipeline.spec import SpecError
     from pipeline.submission import (
-        SubmissionError, client, entrypoint, explain_error, record_submission, runtime_env, stage_job, submission_id,
+        CLIENT_ERRORS, SubmissionError, client, entrypoint, explain_error, record_submission, runtime_env, stage_job, submission_id,
         submission_record,
     )
 
@@ -88,7 +88,7 @@ def submit(job_file: pathlib.Path, address: str | None, wait: bool, run_args: tu
             )
     except (SpecError, SubmissionError) as exc:
         _fail(str(exc))
-    except (RuntimeError, OSError) as exc:  # the Jobs client's errors (requests' are OSErrors): one line
+    except CLIENT_ERRORS as exc:
         _fail(explain_error(exc, address))
     try:
         recorded = record_submission(job.run_dir, submission_record(job_id, address, job, job_file, command))
@@ -119,14 +119,14 @@ def _job(job_or_run_dir: str, address: str | None):
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends; exit with its status.")
 def logs(job: str, address: str | None, follow: bool) -> None:
     """Print the logs of a submitted job (or of the latest submission of a run directory)."""
-    from pipeline.submission import explain_error
+    from pipeline.submission import CLIENT_ERRORS, explain_error
 
     ref, job_client = _job(job, address)
     try:
         if follow:
             _follow(job_client, ref.job_id)
         _write(job_client.get_job_logs(ref.job_id))
-    except RuntimeError as exc:
+    except CLIENT_ERRORS as exc:
         _fail(explain_error(exc, ref.address))
 
 
@@ -135,7 +135,7 @@ def logs(job: str, address: str | None, follow: bool) -> None:
 @_address_option
 def stop(job: str, address: str | None) -> None:
     """Stop a submitted job. Its run directory keeps every verified unit: resubmit with `-- --resume`."""
-    from pipeline.submission import explain_error
+    from pipeline.submission import CLIENT_ERRORS, explain_error
 
     ref, job_client = _job(job, address)
     try:
@@ -143,5 +143,5 @@ def stop(job: str, address: str | None) -> None:
             click.echo(f"stop requested for {ref.job_id}")
         else:
             click.echo(f"{ref.job_id} was not running ({job_client.get_job_status(ref.job_id).value})")
-    except RuntimeError as exc:
+    except CLIENT_ERRORS as exc:
         _fail(explain_error(exc, ref.address))
