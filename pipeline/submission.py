@@ -2,10 +2,10 @@
 
 A submission ships this package (`pipeline`, `tcmoa`) and a copy of the job file in the job's
 runtime env; the cluster runs `tcmoa run` on it (`python -m pipeline.cli run job.yaml`). The
-copy has every path made absolute as this machine resolves it, so the job
-means the same on the cluster: its sources and run directory must be visible there at those
-paths (shared storage). The cluster needs the package's dependencies installed (see
-ray_cluster.yaml); only the code travels with a submission.
+copy has every path made absolute as this machine resolves it, so the job means the same on the
+cluster: its sources and run directory must be visible there at those paths (shared storage).
+The cluster needs the package's dependencies installed (see ray_cluster.yaml); only the code
+travels with a submission.
 
 Authentication: Ray 2.59+ clusters can require a token. The Jobs client only sends one when
 RAY_AUTH_MODE=token is set in this process, so we look the token up ourselves, in Ray's order
