@@ -130,9 +130,9 @@ def runtime_env(staging: pathlib.Path) -> dict:
 
 def run_supports_address() -> bool:
     """Whether this version's `tcmoa run` can join the cluster it runs in (`--address auto`)."""
-    from pipeline.cli.run_cmds import run
+    from pipeline.cli import main
 
-    return any(param.name == "address" for param in run.params)
+    return any(param.name == "address" for param in main.get_command(None, "run").params)
 
 
 def python_command(args: Iterable[str]) -> str:

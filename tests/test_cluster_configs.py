@@ -11,11 +11,12 @@ import shlex
 import pytest
 import yaml
 
-from pipeline.cli.run_cmds import run as run_command
+from pipeline.cli import main
 from pipeline.spec import SpecError, load_job
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JOBS = ROOT / "jobs"
+run_command = main.get_command(None, "run")  # `tcmoa run`, wherever its module lives
 TRAINING_CONFIGS = {"train_tiny.yaml", "pretrain_tiny.yaml"}  # checked by tests/test_train.py
 # Fields of KubeRay's ray.io/v1 RayJobSpec and RayClusterSpec (ray-operator/apis/ray/v1/*_types.go).
 RAYJOB_SPEC_FIELDS = {
