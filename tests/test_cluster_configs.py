@@ -7,6 +7,8 @@ import configparser
 import pathlib
 import re
 import shlex
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -100,6 +102,22 @@ def test_systemd_service_and_timer():
     assert timer["Timer"]["Unit"] == "tcmoa-archive.service" and timer["Timer"]["OnCalendar"]
     assert timer["Install"]["WantedBy"] == "timers.target"
     assert set(service) - {"DEFAULT"} <= {"Unit", "Service", "Install"} and set(timer) - {"DEFAULT"} <= {"Unit", "Timer", "Install"}
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_accepts_the_units(tmp_path):
+    """systemd's own checker: unknown keys, bad values, a timer without a schedule. The one
+    complaint allowed is the ExecStart binary, which exists where the service is installed."""
+    for name in ("tcmoa-archive.service", "tcmoa-archive.timer"):
+        shutil.copy(JOBS / "schedule" / name, tmp_path / name)
+    result = subprocess.run(["systemd-analyze", "verify", "tcmoa-archive.service", "tcmoa-archive.timer"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if line.strip() and "Command /srv/tcmoa/venv/bin/tcmoa is not executable" not in line]
+    assert not complaints, complaints
+    on_calendar = _unit(JOBS / "schedule" / "tcmoa-archive.timer")["Timer"]["OnCalendar"]
+    calendar = subprocess.run(["systemd-analyze", "calendar", on_calendar], capture_output=True, text=True, timeout=60)
+    assert calendar.returncode == 0 and "Next elapse" in calendar.stdout, calendar.stderr
 
 
 def _manifests(name: str) -> dict[str, dict]:
