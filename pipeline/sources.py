@@ -24,24 +24,13 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.errors import one_line
 from pipeline.spec import NormaliseSpec
 
 PLANE_AXES = "ZITQ"
 CHANNEL_AXES = "CS"
 PHOTO_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _explain(exc: BaseException) -> str:
-    """The exception and its causes in one line (GDAL's detail is often in the cause)."""
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc).replace("See previous exception for details.", "").strip(" .")
-        if text and text not in parts:
-            parts.append(text)
-        exc = exc.__cause__ or exc.__context__
-    return ": ".join(reversed(parts)) or "unknown error"
 
 
 class SourceError(Exception):
@@ -396,7 +385,7 @@ class Reader:
         return valid
 
     def _fail(self, exc: Exception, file: str | None = None) -> SourceError:
-        return SourceError(file or self.ref.files[0], f"read failed ({_explain(exc)})")
+        return SourceError(file or self.ref.files[0], f"read failed ({one_line(exc)})")
 
 
 STRIP_BYTES = 32 << 20  # memory for one strip of a decimated read

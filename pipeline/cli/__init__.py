@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("pipeline.cli.run_cmds:samples", "Write a small generated sample archive (photos, stacks, GeoTIFFs)."),
     "run": ("pipeline.cli.run_cmds:run", "Run a fusion job over an archive (resumable)."),
     "status": ("pipeline.cli.run_cmds:status", "Show the items, units and failures of a run directory."),
+    "verify": ("pipeline.cli.run_cmds:verify", "Check a run's recorded outputs and blocks against the disk (runs nothing)."),
     "fuse": ("pipeline.cli.run_cmds:fuse", "Fuse one item (two or more source files) into one output."),
     "eval": ("pipeline.cli.eval_cmds:evaluate", "Score fused images with the fusion metrics; compare methods."),
     "train": ("pipeline.cli.train_cmds:train", "Train or fine-tune TC-MoA from a YAML config (local or Ray)."),
