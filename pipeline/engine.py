@@ -584,31 +584,22 @@ def load_model_fuser(model: ModelSpec) -> Fuser:
 
 
 class _Recorder:
-    """Appends status records to the run directory (durably) right after each finished block; only
-    where blocks finish faster than 100x the cost of one append are they batched, so appends never
-    cost more than `max_share` of the run time (and a kill loses at most that much work)."""
+    """Appends each status record to the run directory as soon as it is made (fsynced with its
+    part file: a kill loses no finished block), merging the parts every `merge_every` appends so a
+    long run does not leave one file per block. `seconds`: the time spent appending."""
 
-    def __init__(self, run_dir: RunDir, max_share: float = 0.01):
-        self.run_dir, self.max_share = run_dir, max_share
-        self.buffer: list[dict] = []
-        self.last = time.monotonic()
-        self.cost = 0.0  # seconds the last append took
-        self.total = 0.0
+    def __init__(self, run_dir: RunDir, merge_every: int = 64):
+        self.run_dir, self.merge_every = run_dir, merge_every
+        self.appended = 0
+        self.seconds = 0.0
 
-    def add(self, record: dict, *, flush: bool = False) -> None:
-        self.buffer.append(record)
-        if flush or time.monotonic() - self.last >= self.cost / self.max_share:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
+    def add(self, record: dict) -> None:
         start = time.perf_counter()
-        self.run_dir.append(self.buffer)
-        self.buffer = []
-        self.cost = time.perf_counter() - start
-        self.total += self.cost
-        self.last = time.monotonic()
+        self.run_dir.append([record])
+        self.appended += 1
+        if self.appended % self.merge_every == 0:
+            self.run_dir.compact()
+        self.seconds += time.perf_counter() - start
 
 
 def _record(kind: str, rid: str, item: ItemPlan, status: str, started, **extra) -> dict:
@@ -677,8 +668,7 @@ def run_job(
                 for item in plan.items:
                     _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_failed, report)
             finally:
-                recorder.flush()
-                summary.status_flush_s = recorder.total
+                summary.status_flush_s = recorder.seconds
         run_dir.compact()
     summary.seconds = time.perf_counter() - start
     summary.items_failed = len(summary.failures)
@@ -733,7 +723,7 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
         try:
             check_item_outputs(plan, item, owned)
         except output_safety.OutputRefused as exc:
-            recorder.add(_record("item", item.finalize_id, item, "failed", now(), error=str(exc)), flush=True)
+            recorder.add(_record("item", item.finalize_id, item, "failed", now(), error=str(exc)))
             return str(exc)
         return None
 
@@ -748,7 +738,7 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
         stretches, fresh = prepare_item(plan, item, run_dir, fuser, prepared)
     except Exception as exc:
         fields = _failure_fields(exc)
-        recorder.add(_record("prepare", item.prepare_id, item, "failed", started, **fields), flush=True)
+        recorder.add(_record("prepare", item.prepare_id, item, "failed", started, **fields))
         return fail("prepare", fields["error"])
     recorder.add(_record("prepare", item.prepare_id, item, "done", started,
                          info=canonical_json({"radiometry": [s.to_dict() for s in stretches]})))
@@ -772,7 +762,7 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
             result = process_unit(unit, item, stretches, store, fuser)
         except Exception as exc:
             fields = _failure_fields(exc)
-            recorder.add(_record("unit", unit.unit_id, item, "failed", started, **fields), flush=True)
+            recorder.add(_record("unit", unit.unit_id, item, "failed", started, **fields))
             return fail("unit", fields["error"])
         recorder.add(_record("unit", unit.unit_id, item, "done", started, checksum=result["checksum"],
                              timings=json.dumps(result["timings"])))
@@ -788,16 +778,16 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
     # claimed before the first rename: after a kill mid-export these paths are still the run's own
     claimed = [str(p) for p in output_paths(item).values()]
     recorder.add(_record(output_safety.CLAIM, item.finalize_id, item, "claimed", started,
-                         info=canonical_json({"paths": claimed})), flush=True)
+                         info=canonical_json({"paths": claimed})))
     try:
         assets = finalize_item(plan, item, store, stretches, fuser, owned | {os.path.abspath(p) for p in claimed})
     except Exception as exc:
         fields = _failure_fields(exc)
-        recorder.add(_record("item", item.finalize_id, item, "failed", started, **fields), flush=True)
+        recorder.add(_record("item", item.finalize_id, item, "failed", started, **fields))
         return fail("export", fields["error"])
     _remove_store(run_dir, item)
     recorder.add(_record("item", item.finalize_id, item, "done", started, checksum=assets["stac"]["sha256"],
-                         info=canonical_json({"assets": assets})), flush=True)
+                         info=canonical_json({"assets": assets})))
     summary.items_done += 1
     summary.outputs[item.key] = {fmt: a["path"] for fmt, a in assets.items()}
 
