@@ -148,6 +148,7 @@ class _TiffDamage(logging.Handler):
 def _tiff_series(path: pathlib.Path):
     import tifffile
 
+    _magic(path)  # a missing file, a link loop, an empty file: said as such
     damage = _TiffDamage()
     log = logging.getLogger("tifffile")
     log.addHandler(damage)
