@@ -311,11 +311,25 @@ def _remove_store(run_dir: RunDir, item: ItemPlan) -> None:
             folder.rmdir()  # only when empty
 
 
-def store_matches(path: pathlib.Path, prepare_id: str) -> bool:
+def store_matches(path: pathlib.Path, item: ItemPlan) -> bool:
+    """The item's store from an earlier run, intact: its id, and arrays of the planned shape, chunks,
+    dtype and fill value (a damaged zarr.json must not be written into)."""
     import zarr
 
     try:
-        return zarr.open_group(path, mode="r").attrs.get(STORE_ID_ATTR) == prepare_id
+        group = zarr.open_group(path, mode="r")
+        if group.attrs.get(STORE_ID_ATTR) != item.prepare_id:
+            return False
+        expected = {writers.FUSED: (item.out_channels, np.dtype(item.output_dtype), item.output_nodata)}
+        if item.prompt_maps:
+            expected[writers.PROMPTS] = (len(item.sources), np.dtype("float32"), float("nan"))
+        for name, (channels, dtype, fill) in expected.items():
+            array = group[name]
+            fill = fill if fill is not None else 0
+            if (array.shape != (channels, item.grid.height, item.grid.width) or array.chunks != (channels, item.chunk, item.chunk)
+                    or array.dtype != dtype or not np.array_equal(array.fill_value, fill, equal_nan=True)):
+                return False
+        return set(group.array_keys()) >= set(expected)
     except Exception:  # missing or damaged store: not ours
         return False
 
@@ -345,7 +359,7 @@ def prepare_item(plan: Plan, item: ItemPlan, run_dir: RunDir, fuser: Fuser, reco
     fsio.check_writable(pathlib.Path(item.output_base).parent)
     store = store_path(run_dir, item)
     fsio.remove_stale_temporaries(store)
-    if recorded and recorded["status"] == "done" and store_matches(store, item.prepare_id):
+    if recorded and recorded["status"] == "done" and store_matches(store, item):
         info = json.loads(recorded["info"])
         return [Stretch.from_dict(s) for s in info["radiometry"]], False
     stretches = compute_stretches(item)
@@ -585,20 +599,20 @@ def load_model_fuser(model: ModelSpec) -> Fuser:
 
 class _Recorder:
     """Appends each status record to the run directory as soon as it is made (fsynced with its
-    part file: a kill loses no finished block), merging the parts every `merge_every` appends so a
+    part file: a kill loses no finished block), merging every `merge_every` new parts into one so a
     long run does not leave one file per block. `seconds`: the time spent appending."""
 
     def __init__(self, run_dir: RunDir, merge_every: int = 64):
         self.run_dir, self.merge_every = run_dir, merge_every
-        self.appended = 0
+        self.parts: list[pathlib.Path] = []  # appended since the last merge
         self.seconds = 0.0
 
     def add(self, record: dict) -> None:
         start = time.perf_counter()
-        self.run_dir.append([record])
-        self.appended += 1
-        if self.appended % self.merge_every == 0:
-            self.run_dir.compact()
+        self.parts.append(self.run_dir.append([record]))
+        if len(self.parts) >= self.merge_every:
+            self.run_dir.compact(self.parts)
+            self.parts = []
         self.seconds += time.perf_counter() - start
 
 

@@ -175,14 +175,16 @@ class RunDir:
         path = self.path / name
         return _read_parquet(path) if path.exists() else None
 
-    def append(self, records: Iterable[dict]) -> None:
+    def append(self, records: Iterable[dict]) -> pathlib.Path | None:
+        """Write the records as a new status part (durably); returns its path."""
         rows = [{**{f.name: None for f in STATUS_SCHEMA}, "run_id": self.run_id, **r} for r in records]
         if not rows:
-            return
+            return None
         self.status_dir.mkdir(parents=True, exist_ok=True)
-        name = f"part-{now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}.parquet"
-        with atomic_path(self.status_dir / name) as tmp:
+        path = self.status_dir / f"part-{now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}.parquet"
+        with atomic_path(path) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=STATUS_SCHEMA), tmp)
+        return path
 
     def records(self) -> pa.Table:
         parts = sorted(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
@@ -197,9 +199,12 @@ class RunDir:
             latest[(row["kind"], row["id"])] = row
         return latest
 
-    def compact(self) -> None:
-        """Merge the status parts into one file (the records are kept, in order)."""
-        parts = sorted(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
+    def compact(self, parts: list[pathlib.Path] | None = None) -> None:
+        """Merge the status parts (all, or the consecutive `parts` given) into one file; the records
+        are kept, in order."""
+        if parts is None:
+            parts = list(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
+        parts = sorted(parts)
         if len(parts) < 2:
             return
         table = pa.concat_tables([_read_parquet(p, STATUS_SCHEMA) for p in parts])

@@ -531,3 +531,13 @@ def test_verify_passes_a_clean_run_and_names_any_single_corruption(tmp_path):
     next(p for p in sorted((store / "fused").rglob("*")) if p.is_file() and p.name != "zarr.json").unlink()
     result = _cli("verify", run, "--quiet")
     assert result.exit_code == 1 and str(store) in result.stderr and "block" in result.stderr
+
+
+def test_status_parts_merge_in_groups_keeping_the_order(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    parts = [run_dir.append([{"kind": "unit", "id": f"u{i % 3}", "status": "done", "checksum": str(i)}]) for i in range(7)]
+    before = run_dir.latest()
+    run_dir.compact(parts[2:6])  # what the engine's recorder does every 64 appends
+    assert len(list(run_dir.status_dir.iterdir())) == 4
+    assert run_dir.latest() == before and before[("unit", "u0")]["checksum"] == "6"
+    assert [r["checksum"] for r in run_dir.records().to_pylist()] == [str(i) for i in range(7)]
