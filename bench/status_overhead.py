@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from engine_overhead import write_pair  # noqa: E402  (the same generated pair)
+from engine_overhead import pair_job, write_pair  # noqa: E402  (the same generated pair and job)
 
 
 def main() -> None:
@@ -31,20 +31,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.engine import load_model_fuser, run_job
-    from pipeline.spec import ModelSpec, parse_job
+    from pipeline.spec import ModelSpec
 
     fuser = load_model_fuser(ModelSpec(weights=args.weights, batch_size=args.batch_size))
     root = pathlib.Path(tempfile.mkdtemp(prefix="tcmoa-status-"))
     try:
         write_pair(root, args.size)
-        job = parse_job({
-            "name": "status", "task": "vif", "discover": {"type": "glob", "root": str(root)},
-            "sources": [{"role": "optical", "pattern": "{s}_optical.tif"}, {"role": "thermal", "pattern": "{s}_thermal.tif"}],
-            "tiling": {"tile": 448, "overlap": 112, "block": args.block},
-            "model": {"weights": args.weights, "batch_size": args.batch_size},
-            "output": {"formats": ["zarr", "cog"], "dir": str(root / "run" / "out"), "chunk": args.block},
-            "run_dir": str(root / "run"),
-        }, base=root)
+        job = pair_job(root, "run", tile=448, overlap=112, block=args.block, weights=args.weights,
+                       batch_size=args.batch_size, chunk=args.block)
         summary = run_job(job, fuser=fuser, progress=False)
         assert summary.items_done == 1, summary.failures
         print(f"{args.size}^2 pair, blocks of {args.block} px: {summary.units_run} blocks in {summary.seconds:.2f} s "

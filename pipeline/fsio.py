@@ -119,12 +119,24 @@ def replace_into_place(tmp: pathlib.Path, dst: pathlib.Path, *, replace_dir: boo
     fsync_dir(dst.parent)
 
 
+@contextlib.contextmanager
+def _beside(dst: pathlib.Path, suffix: str = "") -> Iterator[pathlib.Path]:
+    """A temporary name beside dst, deleted if still there at the end; OS errors name dst."""
+    tmp = temporary_sibling(dst, suffix)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+    except OSError as exc:
+        raise file_problem(exc, dst) from exc
+    finally:
+        if tmp.exists():
+            remove(tmp)
+
+
 def move_into_place(src: pathlib.Path, dst: pathlib.Path, *, replace_dir: bool = False) -> None:
     """Move a finished file or store to dst, durably: a rename, or a copy under a temporary name
     when dst is on another file system."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(dst)
-    try:
+    with _beside(dst) as tmp:
         try:
             os.replace(src, tmp)
         except OSError as exc:
@@ -134,28 +146,16 @@ def move_into_place(src: pathlib.Path, dst: pathlib.Path, *, replace_dir: bool =
             remove(src)
         fsync_tree(tmp)
         replace_into_place(tmp, dst, replace_dir=replace_dir)
-    except OSError as exc:
-        raise file_problem(exc, dst) from exc
-    finally:
-        if tmp.exists():
-            remove(tmp)
 
 
 @contextlib.contextmanager
 def atomic_path(dst: pathlib.Path, *, suffix: str = "", replace_dir: bool = False) -> Iterator[pathlib.Path]:
     """Yield a temporary name beside dst; on success fsync it and rename it into place, on failure
     delete it. `suffix` is added to the temporary name (for writers that go by the extension)."""
-    tmp = temporary_sibling(dst, suffix)
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
+    with _beside(dst, suffix) as tmp:
         yield tmp
         fsync_tree(tmp)
         replace_into_place(tmp, dst, replace_dir=replace_dir)
-    except OSError as exc:
-        raise file_problem(exc, dst) from exc
-    finally:
-        if tmp.exists():
-            remove(tmp)
 
 
 def check_writable(directory: pathlib.Path) -> None:

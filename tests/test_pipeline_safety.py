@@ -7,7 +7,6 @@ an undisturbed run and a manifest that agrees with the disk (test_pipeline_safet
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pathlib
 import shutil
@@ -20,11 +19,9 @@ import unicodedata
 import zlib
 
 import numpy as np
-import pytest
 import yaml
 import zarr
 from click.testing import CliRunner
-from PIL import Image
 
 from pipeline.cli import main
 from pipeline.discover import _safe_id
@@ -32,16 +29,13 @@ from pipeline.engine import plan_job, run_job, store_path
 from pipeline.manifest import RunDir
 from pipeline.spec import parse_job
 from pipeline.status import run_status
-from pipeline_support import ContextFuser, SourceAFuser, pair_job, random_raster, write_geotiff
+from pipeline_support import ContextFuser, SourceAFuser, output_files, pair_job, write_pair_archive
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(96, 130)) -> None:
-    rng = np.random.default_rng(0)
-    for scene in scenes:
-        write_geotiff(root / f"{scene}_a.tif", random_raster(rng, (3, *shape), "uint16"))
-        write_geotiff(root / f"{scene}_b.tif", random_raster(rng, shape, "uint16"))
+    write_pair_archive(root, scenes, shape)
 
 
 def _job(root: pathlib.Path, **changes):
@@ -72,23 +66,10 @@ def _reference_outputs(job, fuser) -> dict[str, bytes]:
     its run directory and outputs removed again."""
     run_job(job, fuser=fuser, progress=False)
     out = job.collections[0].output.dir
-    files = _files(out)
+    files = output_files(out)
     shutil.rmtree(out)
     shutil.rmtree(job.run_dir)
     return files
-
-
-def _files(folder: pathlib.Path) -> dict[str, bytes]:
-    """Every file under folder (a STAC Item without its datetime: it records when it was written)."""
-    out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if path.name.endswith(".stac.json"):
-            stac = json.loads(data)
-            stac["properties"].pop("datetime")
-            data = json.dumps(stac, sort_keys=True).encode()
-        out[path.relative_to(folder).as_posix()] = data
-    return out
 
 
 # ----------------------------------------------------------------------------- 1. folder at an output path
@@ -172,7 +153,7 @@ def test_case3_resume_and_status_check_the_recorded_outputs(tmp_path):
     job = _job(tmp_path)
     run_job(job, fuser=ContextFuser(), progress=False)
     out = tmp_path / "out"
-    reference = _files(out)
+    reference = output_files(out)
 
     with open(out / "s1.tif", "r+b") as fh:
         fh.truncate(1000)
@@ -191,7 +172,7 @@ def test_case3_resume_and_status_check_the_recorded_outputs(tmp_path):
     assert again.items_skipped == 0 and again.items_done == 3, again
     redone = {r["path"]: r["reason"] for r in again.redone}
     assert set(redone) == {str(out / "s1.tif"), str(out / "s2.zarr"), str(out / "s3.tif")}, redone
-    assert _files(out) == reference
+    assert output_files(out) == reference
     assert {i["status"] for i in run_status(tmp_path / "run")["items"]} == {"done"}
 
 
@@ -241,7 +222,7 @@ def test_case4_blocks_are_fsynced_before_done_and_rechecked_before_export(tmp_pa
     assert len(second.redone) == 2 and all(r["path"] == str(store) for r in second.redone)
     assert any("unreadable" in r["reason"] for r in second.redone) and any("differs" in r["reason"] for r in second.redone)
     assert second.units_run == 2 + 2  # the two damaged blocks and the two never run
-    assert _files(tmp_path / "out") == reference
+    assert output_files(tmp_path / "out") == reference
 
 
 # ----------------------------------------------------------------------------- 5. non-ASCII item names
@@ -422,7 +403,7 @@ def test_case8_finished_blocks_are_recorded_before_a_kill_and_sigterm_stops_clea
 
     summary = run_job(job, fuser=ContextFuser(), resume=True, progress=False)
     assert summary.units_skipped == 4 and summary.units_run == 2 and summary.items_done == 1
-    assert _files(tmp_path / "out") == reference
+    assert output_files(tmp_path / "out") == reference
 
 
 def test_case8_temporaries_of_an_interrupted_export_are_removed_at_the_next_start(tmp_path):

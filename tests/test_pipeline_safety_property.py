@@ -9,12 +9,10 @@ the test runs in well under a minute or two.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 from unittest import mock
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,7 +22,7 @@ from pipeline.engine import run_job
 from pipeline.spec import parse_job
 from pipeline.status import run_status
 from pipeline.verify import verify_run
-from pipeline_support import ContextFuser, pair_job, random_raster, write_geotiff
+from pipeline_support import ContextFuser, output_files, pair_job, write_pair_archive
 
 
 class SimulatedKill(BaseException):
@@ -47,14 +45,11 @@ class KilledAtCall(ContextFuser):
 def setting(tmp_path_factory):
     """Inputs, the job (fixed paths: provenance tags name them) and an undisturbed run's outputs."""
     root = tmp_path_factory.mktemp("property")
-    rng = np.random.default_rng(0)
-    for scene in ("s1", "s2"):
-        write_geotiff(root / f"{scene}_a.tif", random_raster(rng, (3, 96, 130), "uint16"))
-        write_geotiff(root / f"{scene}_b.tif", random_raster(rng, (96, 130), "uint16"))
+    write_pair_archive(root, ("s1", "s2"), (96, 130))
     job = parse_job(pair_job(root, block=64, chunk=32, formats=["cog", "zarr"], model={"batch_size": 64},
                              extra_output={"prompt_maps": True}), base=root)
     run_job(job, fuser=ContextFuser(), progress=False)
-    reference = _files(root / "out")
+    reference = output_files(root / "out")
     _clear(root)
     return root, job, reference
 
@@ -62,19 +57,6 @@ def setting(tmp_path_factory):
 def _clear(root: pathlib.Path) -> None:
     for folder in ("out", "run"):
         shutil.rmtree(root / folder, ignore_errors=True)
-
-
-def _files(folder: pathlib.Path) -> dict[str, bytes]:
-    """Every file under folder; a STAC Item without its datetime (it records when it was written)."""
-    out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if path.name.endswith(".stac.json"):
-            stac = json.loads(data)
-            stac["properties"].pop("datetime")
-            data = json.dumps(stac, sort_keys=True).encode()
-        out[path.relative_to(folder).as_posix()] = data
-    return out
 
 
 def _run(job, *, kill_at_call: int | None = None, kill_at_rename: int | None = None) -> None:
@@ -147,7 +129,7 @@ def test_kills_damage_and_resumes_end_as_an_undisturbed_run(setting, steps):
 
     summary = run_job(job, fuser=ContextFuser(), resume=True, progress=False)
     assert not summary.failures, summary.failures
-    assert _files(root / "out") == reference
+    assert output_files(root / "out") == reference
     assert verify_run(root / "run")["problems"] == []
     assert {i["status"] for i in run_status(root / "run")["items"]} == {"done"}
     assert not (root / "run" / "work").exists()
