@@ -311,25 +311,11 @@ def _remove_store(run_dir: RunDir, item: ItemPlan) -> None:
             folder.rmdir()  # only when empty
 
 
-def store_matches(path: pathlib.Path, item: ItemPlan) -> bool:
-    """The item's store from an earlier run, intact: its id, and arrays of the planned shape, chunks,
-    dtype and fill value (a damaged zarr.json must not be written into)."""
+def store_matches(path: pathlib.Path, prepare_id: str) -> bool:
     import zarr
 
     try:
-        group = zarr.open_group(path, mode="r")
-        if group.attrs.get(STORE_ID_ATTR) != item.prepare_id:
-            return False
-        expected = {writers.FUSED: (item.out_channels, np.dtype(item.output_dtype), item.output_nodata)}
-        if item.prompt_maps:
-            expected[writers.PROMPTS] = (len(item.sources), np.dtype("float32"), float("nan"))
-        for name, (channels, dtype, fill) in expected.items():
-            array = group[name]
-            fill = fill if fill is not None else 0
-            if (array.shape != (channels, item.grid.height, item.grid.width) or array.chunks != (channels, item.chunk, item.chunk)
-                    or array.dtype != dtype or not np.array_equal(array.fill_value, fill, equal_nan=True)):
-                return False
-        return set(group.array_keys()) >= set(expected)
+        return zarr.open_group(path, mode="r").attrs.get(STORE_ID_ATTR) == prepare_id
     except Exception:  # missing or damaged store: not ours
         return False
 
@@ -359,9 +345,11 @@ def prepare_item(plan: Plan, item: ItemPlan, run_dir: RunDir, fuser: Fuser, reco
     fsio.check_writable(pathlib.Path(item.output_base).parent)
     store = store_path(run_dir, item)
     fsio.remove_stale_temporaries(store)
-    if recorded and recorded["status"] == "done" and store_matches(store, item):
+    if recorded and recorded["status"] == "done" and store_matches(store, item.prepare_id):
         info = json.loads(recorded["info"])
-        return [Stretch.from_dict(s) for s in info["radiometry"]], False
+        # what no block writes (metadata, coordinates) must be as created, or the store is re-created
+        if verify.store_problem(store, info.get("store")) is None:
+            return [Stretch.from_dict(s) for s in info["radiometry"]], False
     stretches = compute_stretches(item)
     attributes = {
         STORE_ID_ATTR: item.prepare_id,
@@ -754,9 +742,9 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
         fields = _failure_fields(exc)
         recorder.add(_record("prepare", item.prepare_id, item, "failed", started, **fields))
         return fail("prepare", fields["error"])
-    recorder.add(_record("prepare", item.prepare_id, item, "done", started,
-                         info=canonical_json({"radiometry": [s.to_dict() for s in stretches]})))
     store = store_path(run_dir, item)
+    recorder.add(_record("prepare", item.prepare_id, item, "done", started, info=canonical_json({
+        "radiometry": [s.to_dict() for s in stretches], "store": verify.store_static_digest(store)})))
     bar.set_postfix_str(item.key)
     for unit in units:
         record = latest.get(("unit", unit.unit_id))

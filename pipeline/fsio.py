@@ -182,11 +182,14 @@ def tree_files(path: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def sha256_tree(path: pathlib.Path) -> str:
-    """A directory's checksum: sha256 over the sorted (relative path, file sha256) pairs."""
+def sha256_tree(path: pathlib.Path, exclude: tuple[str, ...] = ()) -> str:
+    """A directory's checksum: sha256 over the sorted (relative path, file sha256) pairs, leaving
+    out relative paths that start with one of `exclude`."""
     digest = hashlib.sha256()
     for file in tree_files(path):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+        relative = file.relative_to(path).as_posix()
+        if not relative.startswith(exclude):
+            digest.update(f"{relative}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 

@@ -66,6 +66,27 @@ def block_problem(store: pathlib.Path, block, recorded_checksum: str, *, item: s
     return None
 
 
+def store_static_digest(store: pathlib.Path) -> str:
+    """sha256 of what no block writes in a work store: group and array metadata, coordinates."""
+    from pipeline.writers import FUSED, PROMPTS
+
+    return fsio.sha256_tree(store, exclude=(f"{FUSED}/c/", f"{PROMPTS}/c/"))
+
+
+def store_problem(store: pathlib.Path, recorded_digest: str | None, *, item: str = "") -> Problem | None:
+    """Compare a work store's metadata and coordinates with the digest its prepare record holds."""
+    if not store.is_dir():
+        return Problem(str(store), "work store missing", item)
+    if recorded_digest is None:
+        return Problem(str(store), "no checksum of the store's metadata recorded", item)
+    try:
+        if store_static_digest(store) != recorded_digest:
+            return Problem(str(store), "metadata or coordinates differ from the recorded checksum", item)
+    except OSError as exc:
+        return Problem(str(store), f"unreadable ({exc.strerror or exc})", item)
+    return None
+
+
 def verify_run(path: str | pathlib.Path) -> dict:
     """Check every output and work-store block a run directory recorded as done.
     Returns {'checked_outputs', 'checked_blocks', 'problems': [Problem...]}."""
@@ -85,6 +106,7 @@ def verify_run(path: str | pathlib.Path) -> dict:
             outputs += len(json.loads(record["info"])["assets"])
             problems += item_output_problems(record)
     plan = run_dir.read_table("plan.parquet")
+    stores_checked: set[str] = set()
     for row in plan.to_pylist() if plan is not None else []:
         item = items.get(row["item"])
         record = latest.get(("unit", row["unit_id"]))
@@ -94,8 +116,14 @@ def verify_run(path: str | pathlib.Path) -> dict:
         if done and done["status"] == "done":
             continue  # exported: the work store is gone, the outputs were checked above
         block = Block(row["block_row"], row["block_col"], row["y0"], row["y1"], row["x0"], row["x1"])
+        store = run_dir.store_path(item["collection"], item["item_id"])
+        if row["item"] not in stores_checked:
+            stores_checked.add(row["item"])
+            prepared = latest.get(("prepare", item["prepare_id"]))
+            recorded = json.loads(prepared["info"]).get("store") if prepared and prepared["status"] == "done" else None
+            if problem := store_problem(store, recorded, item=row["item"]):
+                problems.append(problem)
         blocks += 1
-        problem = block_problem(run_dir.store_path(item["collection"], item["item_id"]), block, record["checksum"], item=row["item"])
-        if problem:
+        if problem := block_problem(store, block, record["checksum"], item=row["item"]):
             problems.append(problem)
     return {"checked_outputs": outputs, "checked_blocks": blocks, "problems": problems}

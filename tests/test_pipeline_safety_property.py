@@ -14,7 +14,7 @@ import shutil
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import fsio
@@ -114,6 +114,7 @@ step = st.one_of(
 @settings(max_examples=12, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(step, min_size=1, max_size=4))
+@example(steps=[("kill_at_call", 1), ("damage", "work", 0, "delete")])  # found: a store's coordinates lost
 def test_kills_damage_and_resumes_end_as_an_undisturbed_run(setting, steps):
     root, job, reference = setting
     _clear(root)

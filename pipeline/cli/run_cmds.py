@@ -48,7 +48,7 @@ def _errors_as_exit_codes(function):
         sys.exit(exit_code_of(error))
 
     return click.option("--traceback", "show_traceback", is_flag=True,
-                        help="Print the traceback of an error (and of every recorded failure).")(wrapper)
+                        help="Print the traceback of an error that stops the command (status: of every recorded failure).")(wrapper)
 
 
 def _fail(message: str, code: int = EXIT_BAD_JOB) -> None:
