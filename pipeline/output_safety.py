@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from typing import Iterable
 
 from pipeline.errors import JobError
 
 CLAIM = "claim"  # status record kind: output paths an item's export is about to write
+# files a Zarr store (v2 or v3) holds: metadata documents and chunk keys, at any group depth
+ZARR_FILE = re.compile(r"(?:[^/]+/)*(?:zarr\.json|\.zarray|\.zgroup|\.zattrs|c(?:/\d+)+|\d+(?:\.\d+)*)")
 
 
 class OutputRefused(JobError):
@@ -29,7 +32,13 @@ def kind_of(path: pathlib.Path) -> str:
     if path.is_file():
         return "file"
     if path.is_dir():
-        return "zarr store" if any((path / marker).is_file() for marker in ("zarr.json", ".zgroup", ".zarray")) else "folder"
+        if any((path / marker).is_file() for marker in ("zarr.json", ".zgroup", ".zarray")):
+            return "zarr store"
+        files = [p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()]
+        if not files:
+            return "empty folder"
+        # a store that lost its top metadata (damaged): still nothing but zarr's own files
+        return "zarr store" if all(ZARR_FILE.fullmatch(f) for f in files) else "folder"
     return "other"
 
 
@@ -74,7 +83,7 @@ def check_output(path: pathlib.Path, expected: str, *, owned: set[str], overwrit
     found = kind_of(path)
     if found == "missing":
         return
-    if found != expected:
+    if found != expected and not (found == "empty folder" and expected == "zarr store"):
         raise OutputRefused(f"output {path}: a {found} is already there and this output is a {expected}: "
                             f"refusing to replace it (move it away or change output.name)")
     if os.path.abspath(path) in owned or overwrite:

@@ -110,9 +110,10 @@ def test_case1_overwrite_replaces_only_a_thing_of_the_same_kind(tmp_path):
     # a plain folder where the store goes is not a zarr store: refused even with overwrite
     shutil.rmtree(out / "s1.zarr")
     (out / "s1.zarr" / "notes").mkdir(parents=True)
+    (out / "s1.zarr" / "notes" / "readme.txt").write_text("mine")
     again = run_job(_job(tmp_path, overwrite=True, run_dir=str(tmp_path / "run3")), fuser=SourceAFuser(), progress=False)
     assert again.items_done == 0 and "a folder is already there" in again.failures[0]["error"]
-    assert (out / "s1.zarr" / "notes").is_dir()
+    assert (out / "s1.zarr" / "notes" / "readme.txt").read_text() == "mine"
 
     # tcmoa fuse: refused without --overwrite (exit 1, the file named), replaced with it
     target = tmp_path / "fused.tif"

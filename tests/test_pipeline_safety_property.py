@@ -115,6 +115,7 @@ step = st.one_of(
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(step, min_size=1, max_size=4))
 @example(steps=[("kill_at_call", 1), ("damage", "work", 0, "delete")])  # found: a store's coordinates lost
+@example(steps=[("kill_at_call", 7), ("damage", "output", 214, "delete")])  # found: a store's zarr.json lost
 def test_kills_damage_and_resumes_end_as_an_undisturbed_run(setting, steps):
     root, job, reference = setting
     _clear(root)
