@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.manifest import RunDir
 from pipeline.status import run_status
-from pipeline.writers import atomic_path
+from pipeline.fsio import atomic_path
 
 THUMB = 320  # longest side of a quicklook, pixels
 REPORT_DIR = "report"

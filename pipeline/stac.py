@@ -199,7 +199,7 @@ def _atomic_stac_io():
     """pystac's default I/O, writing each document under a temporary name renamed into place."""
     import pystac
 
-    from pipeline.writers import atomic_path
+    from pipeline.fsio import atomic_path
 
     class AtomicStacIO(pystac.stac_io.DefaultStacIO):
         def write_text_to_href(self, href: str, txt: str) -> None:

@@ -17,14 +17,11 @@ from pipeline.engine import plan_job, run_job
 from pipeline.manifest import RunDir, RunDirError
 from pipeline.spec import parse_job
 from pipeline.status import run_status
-from pipeline_support import ContextFuser, SourceAFuser, pair_job, random_raster, write_fast_demo_job, write_geotiff
+from pipeline_support import ContextFuser, SourceAFuser, pair_job, write_fast_demo_job, write_pair_archive
 
 
 def _archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230)) -> None:
-    rng = np.random.default_rng(0)
-    for scene in scenes:
-        write_geotiff(root / f"{scene}_a.tif", random_raster(rng, (3, *shape), "uint16"))
-        write_geotiff(root / f"{scene}_b.tif", random_raster(rng, shape, "uint16"))
+    write_pair_archive(root, scenes, shape)
 
 
 class CrashingFuser(ContextFuser):
