@@ -95,8 +95,8 @@ def write_pair_archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230)
 
 
 def output_files(folder: pathlib.Path) -> dict[str, bytes]:
-    """Every file under folder, by relative path; a STAC Item without its datetime (it records when
-    it was written, so two runs never agree on it)."""
+    """Every file under folder, by relative path; a STAC Item without its processing times (`created`,
+    `processing:datetime`: when it was written, so two runs never agree on them)."""
     import json
 
     out = {}
@@ -104,7 +104,8 @@ def output_files(folder: pathlib.Path) -> dict[str, bytes]:
         data = path.read_bytes()
         if path.name.endswith(".stac.json"):
             stac = json.loads(data)
-            stac["properties"].pop("datetime")
+            for key in ("created", "processing:datetime"):
+                stac["properties"].pop(key)
             data = json.dumps(stac, sort_keys=True).encode()
         out[path.relative_to(folder).as_posix()] = data
     return out
