@@ -174,6 +174,9 @@ SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"
 @click.option("--weights", default="default", show_default=True, help="Weights file, 'default' or a fuser spec.")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Prompt scale (paper Eq. 8).")
 @click.option("--beta", type=float, default=0.0, show_default=True, help="Prompt shift (paper Eq. 8).")
+@click.option("--reconstruction", type=click.Choice(["decoder", "guided"]), default="decoder", show_default=True,
+              help="decoder: the model's decoder output (the paper's); guided: the source pixels blended in a "
+                   "Laplacian pyramid weighted by the model's prompts.")
 @click.option("--tile", type=int, default=448, show_default=True)
 @click.option("--overlap", type=int, default=112, show_default=True)
 @click.option("--normalise", type=click.Choice(["auto", "dtype", "percentile"]), default="auto", show_default=True,
@@ -182,8 +185,8 @@ SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
               help="Keep the manifest here (default: a temporary folder, removed afterwards).")
 @_output_mode
-def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, tile: int, overlap: int,
-         normalise: str, prompts: bool, run_dir: pathlib.Path | None, mode: str | None) -> None:
+def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, reconstruction: str,
+         tile: int, overlap: int, normalise: str, prompts: bool, run_dir: pathlib.Path | None, mode: str | None) -> None:
     """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file."""
     from pipeline.spec import SpecError, parse_job
 
@@ -200,7 +203,7 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
         "sources": [{"role": r, "normalise": normalise} for r in roles],
         "reference": roles[0],
         "tiling": {"tile": tile, "overlap": overlap},
-        "model": {"weights": weights, "alpha": alpha, "beta": beta},
+        "model": {"weights": weights, "alpha": alpha, "beta": beta, "reconstruction": reconstruction},
         "output": {"dir": str(output.parent.absolute()), "name": output.stem, "formats": [fmt], "prompt_maps": prompts},
         "run_dir": str(run_dir.absolute()),
     }
