@@ -186,15 +186,23 @@ class MertensFuser(_PairFuser):
 
     def weights(self, x: np.ndarray) -> np.ndarray:
         """(N, H, W, C) in [0, 1] -> (N, H, W, 1) unnormalised weights."""
+        return np.concatenate([self._image_weights(image) for image in x])
+
+    def _image_weights(self, x: np.ndarray) -> np.ndarray:
+        """(H, W, C) -> (1, H, W, 1). A grey image (one channel, or three equal ones) has no
+        saturation term: its saturation is zero everywhere, which would zero its weights and
+        reduce the method to the pixel average; its exposedness is that of its one channel."""
+        if x.shape[-1] == 3 and np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2]):
+            x = x[..., :1]
         grey = x @ np.array([0.299, 0.587, 0.114]) if x.shape[-1] == 3 else x[..., 0]
         laplace = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-        contrast = np.abs(ndimage.correlate(grey, laplace[None], mode="nearest"))
+        contrast = np.abs(ndimage.correlate(grey, laplace, mode="nearest"))
         w = contrast**self.contrast
         if x.shape[-1] == 3:
             w = w * x.std(axis=-1) ** self.saturation
         exposed = np.exp(-((x - 0.5) ** 2) / (2 * self.sigma**2)).prod(axis=-1)
         w = w * exposed**self.exposedness
-        return w[..., None]
+        return w[None, ..., None]
 
     def _fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         wa, wb = self.weights(a) + 1e-12, self.weights(b) + 1e-12
