@@ -196,13 +196,20 @@ def load_reference_checkpoint(model: TCMoA, source: "str | os.PathLike | Mapping
 
 
 # --- the project's own format -------------------------------------------------------------
-def save_model(model: TCMoA, path: "str | os.PathLike", provenance: Mapping[str, Any] | None = None) -> str:
-    """Write weights + config + provenance as safetensors, atomically. Returns the file's sha256."""
+def save_model(model: TCMoA, path: "str | os.PathLike", provenance: Mapping[str, Any] | None = None,
+               dtype: torch.dtype | None = None) -> str:
+    """Write weights + config + provenance as safetensors, atomically. Returns the file's sha256.
+
+    dtype (e.g. torch.float16) stores the floating-point tensors narrower, to ship a smaller file;
+    loading widens them back into the fp32 model.
+    """
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, save_model
+from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, read_metadata, save_model
 from tcmoa.config import get_config, task_index
 from tcmoa.data import ConcatPairs, PairFolder, PairSource, PairStream, PairTransform, stream_loader
 from tcmoa.losses import task_loss
@@ -351,6 +351,31 @@ class _Trainer:
             final = self.run_dir / "final.safetensors"
             self._export(final, self.end_step)
         return TrainResult(self.run_dir, final, self.end_step, metrics)
+
+
+def export_latest(run_dir: "str | pathlib.Path", output: "str | pathlib.Path",
+                  dtype: torch.dtype | None = torch.float16) -> dict[str, Any]:
+    """Copy the last complete checkpoint's weights of a training run (a finished run's
+    final.safetensors, else the newest checkpoint: EMA weights) to `output`, fp16 by default so a
+    shipped file stays small. Safe while the run goes on: checkpoints are complete once listed.
+    Returns what was exported (source, step, output, sha256, bytes)."""
+    run_dir = pathlib.Path(run_dir)
+    candidates = []  # (step, preference, file): the newest wins, final.safetensors on a tie
+    latest = CheckpointStore(run_dir / "checkpoints", keep=0).latest_weights()
+    if latest is not None:
+        candidates.append((latest[0], 0, latest[1]))
+    final = run_dir / "final.safetensors"
+    if final.is_file():
+        candidates.append((int(read_metadata(final)["provenance"].get("trained_steps", 0)), 1, final))
+    if not candidates:
+        raise RunStateError(f"{run_dir}: no checkpoint yet (no checkpoints/latest.json, no final.safetensors)")
+    step, _, source = max(candidates)
+    model, meta = load_model(source)
+    provenance = {**meta["provenance"], "exported_from": f"{run_dir.name}/{source.relative_to(run_dir)}",
+                  "source_sha256": meta["sha256"], "stored_as": str(dtype or torch.float32).replace("torch.", "")}
+    sha = save_model(model, output, provenance, dtype=dtype)
+    return {"source": str(source), "step": step, "output": str(output), "sha256": sha,
+            "bytes": pathlib.Path(output).stat().st_size}
 
 
 def train(config: TrainConfig, *, resume: bool = True, device: "torch.device | str | None" = None,
