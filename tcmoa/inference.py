@@ -142,16 +142,13 @@ class TCMoAFuser:
         with self._autocast():
             out = self.model(ta, tb, route.to(self.device), alpha=self.alpha, beta=self.beta)
         size = tuple(ta.shape[-2:])
+        share = self._share_of_a(out, size)[:, :h, :w] if return_prompts or self.reconstruction == "guided" else None
         if self.reconstruction == "guided":
-            pixels = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2).float()
-                      for x in (a, b)]
-            fused = guided_fusion(*pixels, self._share_of_a(out, size))[..., :h, :w]
+            image = guided_fusion(a[:, :h, :w], b[:, :h, :w], share)
         else:
             fused = decode_to_image01(out.pred, size, mode=self.downsample)[..., :h, :w]
-        image = fused.permute(0, 2, 3, 1).float().cpu().numpy()
-        if not return_prompts:
-            return image, None
-        return image, self._share_of_a(out, size)[:, 0, :h, :w].cpu().numpy()
+            image = fused.permute(0, 2, 3, 1).float().cpu().numpy()
+        return image, share if return_prompts else None
 
     def _to_model_input(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2)
@@ -160,15 +157,16 @@ class TCMoAFuser:
         return normalize(t.float())
 
     @staticmethod
-    def _share_of_a(out, size) -> torch.Tensor:
-        """(B, 1, H, W): share of source A per pixel, p_A / (p_A + p_B) averaged over all TC-MoA
+    def _share_of_a(out, size) -> np.ndarray:
+        """(B, H, W): share of source A per pixel, p_A / (p_A + p_B) averaged over all TC-MoA
         modules, bilinearly upsampled from the token grid."""
         p_a = torch.cat([out.encoder_prompts_A, out.decoder_prompts_A]).float()
         p_b = torch.cat([out.encoder_prompts_B, out.decoder_prompts_B]).float()
         share = (p_a / (p_a + p_b).clamp_min(1e-6)).mean(0)[..., 0]  # (B, N)
         gh, gw = out.token_grid
         share = share.view(-1, 1, gh, gw)
-        return F.interpolate(share, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
+        share = F.interpolate(share, size=tuple(size), mode="bilinear", align_corners=False)
+        return share[:, 0].clamp(0, 1).cpu().numpy()
 
 
 # --- loading by name ---------------------------------------------------------------------------
