@@ -114,10 +114,18 @@ def _check_and_assign(model: TCMoA, incoming: dict, names: list[str], label: str
 def load_mae_weights(model: TCMoA, source: "str | os.PathLike | Mapping", allow_pickle: bool = False) -> list[str]:
     """Load an MAE visualize checkpoint into the backbone and freeze exactly those weights.
 
+    A `.safetensors` file in the project's format gives its backbone (so a shipped model is also a
+    pre-trained backbone for a new training run).
+
     Returns the names loaded. Raises CheckpointError on missing or mismatched keys, and on keys
     that are neither backbone weights nor known unused MAE entries.
     """
-    state, label = read_torch_checkpoint(source, allow_pickle)
+    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).suffix == ".safetensors":
+        # a whole model in the project's format (e.g. a shipped default): take its backbone
+        whole, _ = load_model(source)
+        state, label = {k: v for k, v in whole.state_dict().items() if not model.is_trainable_name(k)}, str(source)
+    else:
+        state, label = read_torch_checkpoint(source, allow_pickle)
     names = model.backbone_state_names()
     unexpected = [k for k in state if k not in names and k not in _MAE_UNUSED]
     if unexpected:
