@@ -14,8 +14,27 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from tcmoa.pyramid import blend, is_grey, rgb_to_ycbcr, ycbcr_to_rgb
+from tcmoa.pyramid import blend, blend_torch, is_grey, rgb_to_ycbcr, ycbcr_to_rgb
+
+
+def prompt_share(out, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, H, W): source A's share per pixel, p_A / (p_A + p_B) averaged over all TC-MoA modules
+    of a model output, bilinearly upsampled from the token grid (differentiable)."""
+    p_a = torch.cat([out.encoder_prompts_A, out.decoder_prompts_A]).float()
+    p_b = torch.cat([out.encoder_prompts_B, out.decoder_prompts_B]).float()
+    share = (p_a / (p_a + p_b).clamp_min(1e-6)).mean(0)[..., 0]  # (B, N)
+    share = share.view(-1, 1, *out.token_grid)
+    return F.interpolate(share, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """The guided output of (B, 3, H, W) RGB sources as training sees it: the differentiable twin of
+    guided_fusion's blend, on RGB (grey sources arrive repeated to 3 channels), so the task losses
+    reach the prompts directly."""
+    return blend_torch(a01, b01, share, default_levels(*a01.shape[-2:]))
 
 
 def default_levels(height: int, width: int) -> int:

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import tcmoa
-from tcmoa.guided import guided_fusion
+from tcmoa.guided import guided_fusion, prompt_share
 from tcmoa.interface import FusionResult, RouterSpec, as_nhwc, check_pair, output_channels
 from tcmoa.model import TCMoA, decode_to_image01, normalize
 
@@ -142,7 +141,9 @@ class TCMoAFuser:
         with self._autocast():
             out = self.model(ta, tb, route.to(self.device), alpha=self.alpha, beta=self.beta)
         size = tuple(ta.shape[-2:])
-        share = self._share_of_a(out, size)[:, :h, :w] if return_prompts or self.reconstruction == "guided" else None
+        share = None
+        if return_prompts or self.reconstruction == "guided":
+            share = prompt_share(out, size)[:, 0, :h, :w].cpu().numpy()
         if self.reconstruction == "guided":
             image = guided_fusion(a[:, :h, :w], b[:, :h, :w], share)
         else:
@@ -155,18 +156,6 @@ class TCMoAFuser:
         if t.shape[1] == 1:  # grey / infrared: repeated to 3 channels as in training
             t = t.expand(-1, 3, -1, -1)
         return normalize(t.float())
-
-    @staticmethod
-    def _share_of_a(out, size) -> np.ndarray:
-        """(B, H, W): share of source A per pixel, p_A / (p_A + p_B) averaged over all TC-MoA
-        modules, bilinearly upsampled from the token grid."""
-        p_a = torch.cat([out.encoder_prompts_A, out.decoder_prompts_A]).float()
-        p_b = torch.cat([out.encoder_prompts_B, out.decoder_prompts_B]).float()
-        share = (p_a / (p_a + p_b).clamp_min(1e-6)).mean(0)[..., 0]  # (B, N)
-        gh, gw = out.token_grid
-        share = share.view(-1, 1, gh, gw)
-        share = F.interpolate(share, size=tuple(size), mode="bilinear", align_corners=False)
-        return share[:, 0].clamp(0, 1).cpu().numpy()
 
 
 # --- loading by name ---------------------------------------------------------------------------

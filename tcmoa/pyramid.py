@@ -4,6 +4,7 @@ baselines in `tcmoa.baselines`, prompt-guided reconstruction in `tcmoa.guided`).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 # Burt & Adelson's generating kernel (a = 0.375).
@@ -87,3 +88,41 @@ def is_grey(image: np.ndarray) -> bool:
     """One (H, W, C) image with one channel, or three equal ones (grey stored as RGB)."""
     return image.shape[-1] == 1 or bool(np.array_equal(image[..., 0], image[..., 1])
                                         and np.array_equal(image[..., 0], image[..., 2]))
+
+
+# --- the differentiable twin of blend(), for training the prompts through the guided output ---------
+def _symmetric_pad(x: "torch.Tensor", dim: int, width: int) -> "torch.Tensor":
+    """scipy's 'reflect' (d c b a | a b c d) padding along dim of a torch tensor."""
+    n = x.shape[dim]
+    head, tail = x.narrow(dim, 0, width).flip(dim), x.narrow(dim, n - width, width).flip(dim)
+    return torch.cat([head, x, tail], dim=dim)
+
+
+def _blur_t(x: "torch.Tensor") -> "torch.Tensor":
+    c = x.shape[1]
+    k = torch.as_tensor(_PYRAMID_KERNEL, dtype=x.dtype, device=x.device)
+    x = torch.nn.functional.conv2d(_symmetric_pad(x, 2, 2), k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+    return torch.nn.functional.conv2d(_symmetric_pad(x, 3, 2), k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+
+
+def _upsample_t(x: "torch.Tensor", shape: tuple[int, int]) -> "torch.Tensor":
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    up = x.new_zeros(n, c, 2 * (h + 2), 2 * (w + 2))
+    up[:, :, ::2, ::2] = 4 * padded
+    return _blur_t(up)[:, :, 2:2 + shape[0], 2:2 + shape[1]]
+
+
+def blend_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int) -> "torch.Tensor":
+    """blend() on (N, C, H, W) torch tensors, differentiable in all inputs (same kernel, borders
+    and upsampling, so it equals blend() to rounding)."""
+    ga, gb, gw, details = a, b, weight_a, []
+    for _ in range(levels - 1):
+        na, nb = _blur_t(ga)[:, :, ::2, ::2], _blur_t(gb)[:, :, ::2, ::2]
+        size = tuple(ga.shape[-2:])
+        details.append(gw * (ga - _upsample_t(na, size)) + (1 - gw) * (gb - _upsample_t(nb, size)))
+        ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
+    out = gw * ga + (1 - gw) * gb
+    for detail in reversed(details):
+        out = detail + _upsample_t(out, tuple(detail.shape[-2:]))
+    return out

@@ -57,6 +57,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = 1.0  # max global grad norm per step; None: no clipping (the reference's)
     ema_decay: float | None = 0.999  # EMA of the trainable weights, exported and evaluated; None: off
+    # Weight of the task's loss on the prompt-guided output (tcmoa.guided), added to the reference
+    # loss on the decoder output: a direct signal for the prompts. 0: the reference recipe.
+    guided_loss: float = 0.0
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     device: str = "auto"
     num_workers: int = 2  # data loader processes per task

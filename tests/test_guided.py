@@ -7,7 +7,7 @@ import pytest
 
 from tcmoa.guided import guided_fusion
 from tcmoa.inference import TCMoAFuser, load_fuser, random_model
-from tcmoa.pyramid import blend, rgb_to_ycbcr
+from tcmoa.pyramid import blend, blend_torch, rgb_to_ycbcr
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -57,6 +57,19 @@ def test_grey_stored_as_three_equal_channels_counts_as_grey():
     np.testing.assert_allclose(guided_fusion(colour, as_rgb, zero), guided_fusion(colour, grey, zero), atol=1e-6)
     # all of the grey source's luminance, the colour source's chroma
     np.testing.assert_allclose(guided_fusion(colour, as_rgb, zero) @ LUMA, grey[..., 0], atol=1e-5)
+
+
+def test_the_training_twin_of_the_blend_equals_it_and_passes_gradients():
+    import torch
+
+    rng = np.random.default_rng(5)
+    a, b, w = rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 1))
+    as_torch = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)
+    weight = as_torch(w).requires_grad_()
+    out = blend_torch(as_torch(a), as_torch(b), weight, 4)
+    np.testing.assert_allclose(out.detach().permute(0, 2, 3, 1).numpy(), blend(a, b, w, 4), atol=1e-12)
+    out.sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
 @pytest.fixture(scope="module")

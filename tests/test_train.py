@@ -216,6 +216,21 @@ def test_example_jobs_parse(shared_dir):
     assert not any("dev" in p or "VIFB" in p for p in pre.photos)
 
 
+def test_guided_loss_trains_the_prompts_through_the_guided_output(workspace, tmp_path):
+    from tcmoa.train import _config_differences
+
+    plain = train(_config(workspace, tmp_path / "plain", max_steps=2), progress=False)
+    guided = train(_config(workspace, tmp_path / "guided", max_steps=2, guided_loss=1.0), progress=False)
+    logged = _losses(tmp_path / "guided")[-1]
+    assert all(math.isfinite(logged[f"{t}/guided_loss"]) for t in ("vif", "mef", "mff"))
+    assert "vif/guided_loss" not in _losses(tmp_path / "plain")[-1]
+    gate = "blocks_MoA.0.MoA.w_gate"  # the routers feed the prompts: the extra loss moves them
+    assert not torch.equal(load_file(plain.weights)[gate], load_file(guided.weights)[gate])
+    # runs saved before the field existed resume as the reference recipe (guided_loss 0)
+    saved = {k: v for k, v in _config(workspace, tmp_path / "x").to_dict().items() if k != "guided_loss"}
+    assert _config_differences(saved, _config(workspace, tmp_path / "x").to_dict()) == []
+
+
 def test_export_takes_the_newest_weights_of_a_run_as_fp16(workspace, tmp_path):
     from click.testing import CliRunner
 

@@ -2,15 +2,17 @@
 # Train the shipped default model end to end on this machine: backbone pre-training, then TC-MoA
 # training; each stage resumes exactly from its last checkpoint when run again.
 #
-#   nohup nice -n 5 tools/train_default.sh > runs/train_default.log 2>&1 &
-#   tcmoa export-default runs/train_small          # ship the latest checkpoint (see docs/model-card.md)
+#   nohup nice -n 5 tools/train_default.sh [TRAIN_CONFIG] > runs/train_default.log 2>&1 &
+#   tcmoa export runs/train_small_guided -o weights.safetensors   # the newest weights, any time
 #
-# The code runs from a copy taken at start (runs/train_default_src), so editing the checkout
-# while it trains cannot change a run half-way.
+# TRAIN_CONFIG defaults to jobs/train_small_guided.yaml. The code runs from a copy taken at the
+# first start for that config (runs/src_<config name>), so editing the checkout while it trains
+# cannot change a run half-way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
-SRC=runs/train_default_src
+TRAIN_CONFIG=${1:-jobs/train_small_guided.yaml}
+SRC=runs/src_$(basename "$TRAIN_CONFIG" .yaml)
 if [ ! -d "$SRC" ]; then
     mkdir -p "$SRC.tmp"
     cp -r tcmoa pipeline "$SRC.tmp"/
@@ -19,4 +21,4 @@ fi
 export PYTHONPATH="$PWD/$SRC"
 [ -d runs/photos/rasters ] || "$PY" tools/raster_photos.py ../shared/data/satellite runs/photos/rasters
 "$PY" -m pipeline.cli pretrain jobs/pretrain_small.yaml
-"$PY" -m pipeline.cli train jobs/train_small.yaml
+"$PY" -m pipeline.cli train "$TRAIN_CONFIG"
