@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline import radiometry, runtime, writers
+from pipeline import fsio, output_safety, radiometry, runtime, verify, writers
 from pipeline.discover import DiscoveredItem, discover
+from pipeline.errors import JobError, stop_on_signals
 from pipeline.manifest import RunDir, RunDirError, canonical_json, digest, now, stac_item
 from pipeline.radiometry import Stretch
 from pipeline.sources import Grid, SourceError, SourceInfo, SourceRef, check_overlap, expand_sources, inspect, open_reader
@@ -132,7 +133,7 @@ def model_identity(model: ModelSpec, fuser: Fuser) -> dict:
     return {
         "fuser": getattr(fuser, "name", type(fuser).__name__),
         "weights": model.weights,
-        "weights_sha256": writers.sha256_file(weights) if weights.is_file() else None,
+        "weights_sha256": fsio.sha256_file(weights) if weights.is_file() else None,
         "precision": model.precision,
         "alpha": model.alpha,
         "beta": model.beta,
@@ -244,7 +245,12 @@ def plan_job(job: JobSpec, fuser: Fuser) -> Plan:
     failures: list[dict] = []
     notes: list[str] = []
     outputs_seen: dict[str, str] = {}
+    inputs: set[str] = set()  # every file any item reads: no output may land on one
     for collection in job.collections:
+        root = collection.discover.root
+        if collection.discover.type == "glob" and not root.is_dir():
+            raise JobError(f"collection {collection.name!r}: discover.root {root} "
+                           f"{'is not a folder' if root.exists() else 'does not exist'}")
         try:
             found_items = discover(collection)
         except (ValueError, OSError) as exc:
@@ -252,6 +258,7 @@ def plan_job(job: JobSpec, fuser: Fuser) -> Plan:
             continue
         if not found_items:
             notes.append(f"collection {collection.name!r}: no items found ({collection.discover.type} discovery under {collection.discover.root})")
+        inputs.update(f for found in found_items for role in found.roles.values() for f in role.files)
         for found in found_items:
             if found.error:
                 failures.append({"collection": collection.name, "item_id": found.item_id, "error": found.error})
@@ -265,7 +272,13 @@ def plan_job(job: JobSpec, fuser: Fuser) -> Plan:
                 continue
             outputs_seen[item.output_base] = item.key
             items.append(item)
-            units[item.key] = plan_units(item, job.tiling.block)
+    for item in list(items):
+        collisions = output_safety.input_collisions(output_paths(item).values(), inputs)
+        if collisions:
+            items.remove(item)
+            failures.append({"collection": item.collection, "item_id": item.item_id, "error": "; ".join(collisions)})
+    for item in items:
+        units[item.key] = plan_units(item, job.tiling.block)
     return Plan(job, digest(canonical, 64), canonical, model_key, items, units, failures, notes)
 
 
@@ -286,13 +299,13 @@ def compute_stretches(item: ItemPlan) -> list[Stretch]:
 
 
 def store_path(run_dir: RunDir, item: ItemPlan) -> pathlib.Path:
-    return run_dir.work_dir / item.collection / f"{item.item_id}.zarr"
+    return run_dir.store_path(item.collection, item.item_id)
 
 
 def _remove_store(run_dir: RunDir, item: ItemPlan) -> None:
     """Delete the item's work store (if still there) and the folders it leaves empty."""
     store = store_path(run_dir, item)
-    writers.remove(store)
+    fsio.remove(store)
     for folder in (store.parent, run_dir.work_dir):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty
@@ -329,12 +342,14 @@ def provenance(plan: Plan, item: ItemPlan, stretches: list[Stretch], fuser: Fuse
 def prepare_item(plan: Plan, item: ItemPlan, run_dir: RunDir, fuser: Fuser, recorded: dict | None) -> tuple[list[Stretch], bool]:
     """Radiometry and the item's store. Returns (stretches, store_created): a re-created store voids
     the item's earlier unit records. Reuses a recorded radiometry when its store is intact."""
-    writers.check_writable(pathlib.Path(item.output_base).parent)
+    fsio.check_writable(pathlib.Path(item.output_base).parent)
     store = store_path(run_dir, item)
-    writers.remove_stale_temporaries(store)
+    fsio.remove_stale_temporaries(store)
     if recorded and recorded["status"] == "done" and store_matches(store, item.prepare_id):
         info = json.loads(recorded["info"])
-        return [Stretch.from_dict(s) for s in info["radiometry"]], False
+        # what no block writes (metadata, coordinates) must be as created, or the store is re-created
+        if verify.store_problem(store, info.get("store")) is None:
+            return [Stretch.from_dict(s) for s in info["radiometry"]], False
     stretches = compute_stretches(item)
     attributes = {
         STORE_ID_ATTR: item.prepare_id,
@@ -342,7 +357,7 @@ def prepare_item(plan: Plan, item: ItemPlan, run_dir: RunDir, fuser: Fuser, reco
         "provenance": json.loads(canonical_json(provenance(plan, item, stretches, fuser))),
     }
     prompt_names = [f"share:{role}" for role in item.roles] if item.prompt_maps else None
-    with writers.atomic_path(store) as tmp:
+    with fsio.atomic_path(store, replace_dir=True) as tmp:  # the work store is the run's own
         writers.create_store(
             tmp, grid=item.grid, channels=item.out_channels, dtype=np.dtype(item.output_dtype), nodata=item.output_nodata,
             chunk=item.chunk, band_names=list(item.band_names), prompt_names=prompt_names, attributes=attributes,
@@ -466,12 +481,33 @@ def output_paths(item: ItemPlan) -> dict[str, pathlib.Path]:
     return paths
 
 
-def finalize_item(plan: Plan, item: ItemPlan, store: pathlib.Path, stretches: list[Stretch], fuser: Fuser) -> dict[str, dict]:
-    """Export the files of a finished item, write its STAC Item, move its store into the outputs.
-    On failure everything this call wrote is removed again."""
+OUTPUT_KINDS = {"zarr": "zarr store"}  # every other output is a file
+
+
+def check_item_outputs(plan: Plan, item: ItemPlan, owned: set[str]) -> dict[str, pathlib.Path]:
+    """The item's output paths, after refusing (OutputRefused) any that holds something this run
+    did not create, unless the job says overwrite (and then only a thing of the same kind)."""
     paths = output_paths(item)
-    for path in paths.values():
-        writers.remove_stale_temporaries(path)
+    for fmt, path in paths.items():
+        output_safety.check_output(path, OUTPUT_KINDS.get(fmt, "file"), owned=owned, overwrite=plan.job.overwrite)
+    return paths
+
+
+def remove_interrupted_temporaries(plan: Plan, run_dir: RunDir) -> list[pathlib.Path]:
+    """Temporaries left by a killed run (half-written exports and stores) of this job's items."""
+    removed = []
+    for item in plan.items:
+        for path in [*output_paths(item).values(), store_path(run_dir, item)]:
+            removed += fsio.remove_stale_temporaries(path)
+    return removed
+
+
+def finalize_item(plan: Plan, item: ItemPlan, store: pathlib.Path, stretches: list[Stretch], fuser: Fuser,
+                  owned: set[str] = frozenset()) -> dict[str, dict]:
+    """Export the files of a finished item, write its STAC Item, move its store into the outputs.
+    `owned`: output paths this run created (they may be replaced). On failure everything this
+    call wrote is removed again."""
+    paths = check_item_outputs(plan, item, owned)
     tags = {
         "TCMOA_JOB": plan.job.name, "TCMOA_ITEM": item.key, "TCMOA_TASK": json.dumps(item.task),
         "TCMOA_PROVENANCE": canonical_json(provenance(plan, item, stretches, fuser)),
@@ -493,22 +529,24 @@ def finalize_item(plan: Plan, item: ItemPlan, store: pathlib.Path, stretches: li
                 continue
             source = store if fmt == "zarr" else path
             assets[fmt] = {"path": str(path), "format": "cog" if fmt == "prompts" and "cog" in item.formats else ("tiff" if fmt == "prompts" else fmt),
-                           "sha256": writers.sha256_output(source), "roles": ["data"] if fmt != "prompts" else ["metadata"]}
-        with writers.atomic_path(paths["stac"]) as tmp:
+                           "sha256": fsio.sha256_output(source), "size": fsio.output_size(source),
+                           "roles": ["data"] if fmt != "prompts" else ["metadata"]}
+        with fsio.atomic_path(paths["stac"]) as tmp:
             stac = stac_item(item.item_id, item.collection, item.grid, assets,
                              {"tcmoa:job": plan.job.name, "tcmoa:task": item.task, "tcmoa:fuser": getattr(fuser, "name", "")},
                              paths["stac"])
             tmp.write_text(json.dumps(stac, indent=2))
         written.append(paths["stac"])
-        if "zarr" in paths:
-            writers.move_into_place(store, paths["zarr"])
+        if "zarr" in paths:  # checked above: nothing there, or a store this run made (or may overwrite)
+            fsio.move_into_place(store, paths["zarr"], replace_dir=True)
         else:
-            writers.remove(store)
+            fsio.remove(store)
     except Exception:
         for path in written:
-            writers.remove(path)
+            fsio.remove(path)
         raise
-    assets["stac"] = {"path": str(paths["stac"]), "format": "stac", "sha256": writers.sha256_file(paths["stac"])}
+    assets["stac"] = {"path": str(paths["stac"]), "format": "stac", "sha256": fsio.sha256_file(paths["stac"]),
+                      "size": paths["stac"].stat().st_size}
     return assets
 
 
@@ -528,6 +566,9 @@ class RunSummary:
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     outputs: dict[str, dict] = field(default_factory=dict)
+    redone: list[dict] = field(default_factory=list)  # recorded done, but not as recorded on disk: item, path, reason
+    temporaries_removed: int = 0  # left by an interrupted run
+    status_flush_s: float = 0.0  # time spent appending status records (fsync included)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -546,21 +587,22 @@ def load_model_fuser(model: ModelSpec) -> Fuser:
 
 
 class _Recorder:
-    """Buffers status records and appends them to the run directory every few seconds."""
+    """Appends each status record to the run directory as soon as it is made (fsynced with its
+    part file: a kill loses no finished block), merging every `merge_every` new parts into one so a
+    long run does not leave one file per block. `seconds`: the time spent appending."""
 
-    def __init__(self, run_dir: RunDir, every_s: float = 10.0):
-        self.run_dir, self.every_s = run_dir, every_s
-        self.buffer: list[dict] = []
-        self.last = time.monotonic()
+    def __init__(self, run_dir: RunDir, merge_every: int = 64):
+        self.run_dir, self.merge_every = run_dir, merge_every
+        self.parts: list[pathlib.Path] = []  # appended since the last merge
+        self.seconds = 0.0
 
-    def add(self, record: dict, *, flush: bool = False) -> None:
-        self.buffer.append(record)
-        if flush or time.monotonic() - self.last > self.every_s:
-            self.flush()
-
-    def flush(self) -> None:
-        self.run_dir.append(self.buffer)
-        self.buffer, self.last = [], time.monotonic()
+    def add(self, record: dict) -> None:
+        start = time.perf_counter()
+        self.parts.append(self.run_dir.append([record]))
+        if len(self.parts) >= self.merge_every:
+            self.run_dir.compact(self.parts)
+            self.parts = []
+        self.seconds += time.perf_counter() - start
 
 
 def _record(kind: str, rid: str, item: ItemPlan, status: str, started, **extra) -> dict:
@@ -606,7 +648,7 @@ def run_job(
     plan = plan_job(job, fuser)
     run_dir = RunDir(job.run_dir)
     summary = RunSummary(job.name, str(run_dir.path), plan.fingerprint)
-    with run_dir:
+    with run_dir, stop_on_signals():
         run_dir.claim(plan.fingerprint, plan.canonical_job, job.name)
         latest = run_dir.latest()
         if latest and not (resume or retry_failed):
@@ -616,6 +658,7 @@ def run_job(
                 "pass --resume to continue it (done units are skipped) or --retry-failed to also re-run failed ones"
             )
         write_plan_tables(run_dir, plan)
+        summary.temporaries_removed = len(remove_interrupted_temporaries(plan, run_dir))
         for note in plan.notes:
             report(note)
         for failure in plan.failures:
@@ -628,31 +671,45 @@ def run_job(
                 for item in plan.items:
                     _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_failed, report)
             finally:
-                recorder.flush()
+                summary.status_flush_s = recorder.seconds
         run_dir.compact()
     summary.seconds = time.perf_counter() - start
     summary.items_failed = len(summary.failures)
     return summary
 
 
-def item_already_done(item: ItemPlan, latest: dict) -> bool:
-    """A verified done record for the item's exports, and its outputs still in place."""
-    finished = latest.get(("item", item.finalize_id))
-    return bool(finished and finished["status"] == "done" and all(
-        pathlib.Path(a["path"]).exists() for a in json.loads(finished["info"])["assets"].values()
-    ))
+def item_already_done(record: dict | None, problems: list) -> bool:
+    """Resume rule: an item is done when its exports have a done record and the check of the
+    outputs it lists (`verify.item_output_problems`) found no problem."""
+    return bool(record and record["status"] == "done" and not problems)
+
+
+def unit_already_done(record: dict | None, store_created: bool, problem) -> bool:
+    """Resume rule: a block is done when it has a done record, its store was not re-created since,
+    and the store still holds what was recorded (`verify.block_problem` found nothing)."""
+    return bool(record and record["status"] == "done" and not store_created and problem is None)
+
+
+def _redo(summary: RunSummary, report, problem: verify.Problem) -> None:
+    summary.redone.append(problem.to_dict())
+    report(f"REDO {problem.item}: {problem}")
 
 
 def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_failed, report) -> None:
-    """Resume rules: a done item (outputs present) is skipped; done blocks are skipped unless the
-    store was re-created; recorded failures (prepare, block) stop the item unless retry_failed;
-    exports of an item whose blocks are all done are always (re-)attempted."""
+    """Resume rules: a done item whose outputs check out is skipped; a done block is skipped when
+    its store was not re-created and still holds its checksum; recorded failures (prepare, block)
+    stop the item unless retry_failed; exports of an item whose blocks are all done are always
+    (re-)attempted. Outputs never replace what the run did not create."""
     units = plan.units[item.key]
-    if item_already_done(item, latest):
+    finished = latest.get(("item", item.finalize_id))
+    problems = verify.item_output_problems(finished) if finished and finished["status"] == "done" else []
+    if item_already_done(finished, problems):
         summary.items_skipped += 1
         summary.units_skipped += len(units)
         bar.update(len(units))
         return
+    for problem in problems:
+        _redo(summary, report, problem)
 
     def fail(stage: str, error: str) -> None:
         summary.failures.append({"collection": item.collection, "item_id": item.item_id, "stage": stage, "error": error})
@@ -662,6 +719,19 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
             _remove_store(run_dir, item)
 
     done = 0  # blocks of this item done (read by fail)
+    owned = output_safety.owned_paths(latest)
+
+    def outputs_refused() -> str | None:
+        """Why the item's outputs may not be written (recorded as its export's failure), or None."""
+        try:
+            check_item_outputs(plan, item, owned)
+        except output_safety.OutputRefused as exc:
+            recorder.add(_record("item", item.finalize_id, item, "failed", now(), error=str(exc)))
+            return str(exc)
+        return None
+
+    if why := outputs_refused():  # before any work: refuse early what the export would refuse
+        return fail("outputs", why)
     bar.set_postfix_str(f"preparing {item.key}")
     prepared = latest.get(("prepare", item.prepare_id))
     if prepared and prepared["status"] == "failed" and not retry_failed:
@@ -671,19 +741,23 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
         stretches, fresh = prepare_item(plan, item, run_dir, fuser, prepared)
     except Exception as exc:
         fields = _failure_fields(exc)
-        recorder.add(_record("prepare", item.prepare_id, item, "failed", started, **fields), flush=True)
+        recorder.add(_record("prepare", item.prepare_id, item, "failed", started, **fields))
         return fail("prepare", fields["error"])
-    recorder.add(_record("prepare", item.prepare_id, item, "done", started,
-                         info=canonical_json({"radiometry": [s.to_dict() for s in stretches]})))
     store = store_path(run_dir, item)
+    recorder.add(_record("prepare", item.prepare_id, item, "done", started, info=canonical_json({
+        "radiometry": [s.to_dict() for s in stretches], "store": verify.store_static_digest(store)})))
     bar.set_postfix_str(item.key)
     for unit in units:
         record = latest.get(("unit", unit.unit_id))
+        problem = None
         if record and record["status"] == "done" and not fresh:  # a re-created store voids done records
-            summary.units_skipped += 1
-            done += 1
-            bar.update(1)
-            continue
+            problem = verify.block_problem(store, unit.block, record["checksum"], item=item.key)
+            if unit_already_done(record, fresh, problem):
+                summary.units_skipped += 1
+                done += 1
+                bar.update(1)
+                continue
+            _redo(summary, report, problem)
         if record and record["status"] == "failed" and not retry_failed:
             return fail("unit", record["error"] + " (recorded earlier; --retry-failed re-runs it)")
         started = now()
@@ -691,7 +765,7 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
             result = process_unit(unit, item, stretches, store, fuser)
         except Exception as exc:
             fields = _failure_fields(exc)
-            recorder.add(_record("unit", unit.unit_id, item, "failed", started, **fields), flush=True)
+            recorder.add(_record("unit", unit.unit_id, item, "failed", started, **fields))
             return fail("unit", fields["error"])
         recorder.add(_record("unit", unit.unit_id, item, "done", started, checksum=result["checksum"],
                              timings=json.dumps(result["timings"])))
@@ -701,16 +775,22 @@ def _run_item(plan, item, run_dir, fuser, latest, recorder, summary, bar, retry_
         done += 1
         bar.update(1)
     bar.set_postfix_str(f"exporting {item.key}")
+    if why := outputs_refused():  # something may have appeared there while the blocks ran
+        return fail("outputs", why)
     started = now()
+    # claimed before the first rename: after a kill mid-export these paths are still the run's own
+    claimed = [str(p) for p in output_paths(item).values()]
+    recorder.add(_record(output_safety.CLAIM, item.finalize_id, item, "claimed", started,
+                         info=canonical_json({"paths": claimed})))
     try:
-        assets = finalize_item(plan, item, store, stretches, fuser)
+        assets = finalize_item(plan, item, store, stretches, fuser, owned | {os.path.abspath(p) for p in claimed})
     except Exception as exc:
         fields = _failure_fields(exc)
-        recorder.add(_record("item", item.finalize_id, item, "failed", started, **fields), flush=True)
+        recorder.add(_record("item", item.finalize_id, item, "failed", started, **fields))
         return fail("export", fields["error"])
     _remove_store(run_dir, item)
     recorder.add(_record("item", item.finalize_id, item, "done", started, checksum=assets["stac"]["sha256"],
-                         info=canonical_json({"assets": assets})), flush=True)
+                         info=canonical_json({"assets": assets})))
     summary.items_done += 1
     summary.outputs[item.key] = {fmt: a["path"] for fmt, a in assets.items()}
 

@@ -27,6 +27,7 @@ VALID_RULES = ("union", "intersection")
 PRECISIONS = ("auto", "fp32", "bf16")
 RECONSTRUCTIONS = ("decoder", "guided")  # tcmoa.inference.RECONSTRUCTIONS (spec checks need no torch)
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")  # model.weights names a file (a path) with these
 
 
 class SpecError(ValueError):
@@ -124,6 +125,7 @@ class JobSpec:
     max_pixels: int  # per item: guards against headers claiming enormous images
     path: pathlib.Path | None  # the job file
     document: dict = field(default_factory=dict, compare=False)  # the parsed YAML, for the record
+    overwrite: bool = False  # outputs may replace files (and zarr stores) the run did not create; never inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,8 +392,13 @@ def _missing(f: _Fields, key: str, default: Any) -> Any:
     return default
 
 
-def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: pathlib.Path | None = None) -> JobSpec:
-    """Validate a parsed job document; raise SpecError listing every problem."""
+def parse_job(
+    document: Mapping, *, path: pathlib.Path | None = None, base: pathlib.Path | None = None, check_files: bool = True,
+) -> JobSpec:
+    """Validate a parsed job document; raise SpecError listing every problem.
+
+    check_files=False skips checking that a weights file exists: for a job validated on one
+    machine and run on another that mounts the file (`tcmoa submit`; the run checks it there)."""
     base = (base or (path.parent if path else pathlib.Path.cwd())).resolve()
     problems: list[str] = []
     top = _Fields(document, "", problems)
@@ -450,11 +457,12 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
     )
     mf.done()
     weights_path = _path(base, model.weights)
-    if weights_path.suffix in (".safetensors", ".pt", ".pth"):
+    if weights_path.suffix in WEIGHTS_SUFFIXES:
         model = ModelSpec(**{**model.__dict__, "weights": str(weights_path)})
-        if not weights_path.exists():
+        if check_files and not weights_path.exists():
             mf.fail(f"weights file {weights_path} does not exist", "weights")
 
+    overwrite = top.bool("overwrite", False)
     lf = _Fields(top.raw("limits", {}), "limits", problems)
     max_pixels = lf.int("max_pixels", 2**32, minimum=1)
     lf.done()
@@ -472,19 +480,62 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
         max_pixels=max_pixels,
         path=path.resolve() if path else None,
         document=dict(document),
+        overwrite=overwrite,
     )
 
 
-def load_job(path: str | pathlib.Path) -> JobSpec:
+def load_job(path: str | pathlib.Path, *, check_files: bool = True) -> JobSpec:
     path = pathlib.Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "save the job file as UTF-8") from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, Mapping):
         raise SpecError(f"{path}: a job file must be a YAML mapping, got {type(document).__name__}")
-    return parse_job(document, path=path)
+    return parse_job(document, path=path, check_files=check_files)
+
+
+def absolute_paths(document: Mapping, base: pathlib.Path) -> dict:
+    """The job document with every path made absolute against `base`, and the defaults that
+    depend on the job file's folder (run_dir, discover.root) written out: the result means the
+    same job wherever the file is moved (a cluster submission ships a copy of it)."""
+    base = base.resolve()
+    doc = {**document}
+
+    def absolute(mapping: Any, key: str, default: str | None = None) -> Any:
+        if not isinstance(mapping, Mapping):
+            return mapping
+        mapping = dict(mapping)
+        value = mapping.get(key, default)
+        if isinstance(value, str) and value.strip():
+            mapping[key] = str(_path(base, value))
+        return mapping
+
+    name = doc.get("name") if isinstance(doc.get("name"), str) else "job"
+    doc = absolute(doc, "run_dir", f"runs/{name}")
+    if "output" in doc:
+        doc["output"] = absolute(doc["output"], "dir")
+    if "discover" in doc:
+        doc["discover"] = absolute(absolute(doc["discover"], "root", "."), "file")
+    if isinstance(doc.get("collections"), list):
+        collections = []
+        for raw in doc["collections"]:
+            if isinstance(raw, Mapping):
+                raw = dict(raw)
+                if "discover" in raw:
+                    raw["discover"] = absolute(absolute(raw["discover"], "root", "."), "file")
+                if "output" in raw:
+                    raw["output"] = absolute(raw["output"], "dir")
+            collections.append(raw)
+        doc["collections"] = collections
+    model = doc.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("weights"), str) and pathlib.Path(model["weights"]).suffix in WEIGHTS_SUFFIXES:
+        doc["model"] = absolute(model, "weights")
+    return doc

@@ -86,6 +86,30 @@ def random_raster(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) 
     return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
 
 
+def write_pair_archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230)) -> None:
+    """{scene}_a.tif (3 bands) and {scene}_b.tif (1 band), uint16 noise, for `pair_job`."""
+    rng = np.random.default_rng(0)
+    for scene in scenes:
+        write_geotiff(root / f"{scene}_a.tif", random_raster(rng, (3, *shape), "uint16"))
+        write_geotiff(root / f"{scene}_b.tif", random_raster(rng, shape, "uint16"))
+
+
+def output_files(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file under folder, by relative path; a STAC Item without its datetime (it records when
+    it was written, so two runs never agree on it)."""
+    import json
+
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name.endswith(".stac.json"):
+            stac = json.loads(data)
+            stac["properties"].pop("datetime")
+            data = json.dumps(stac, sort_keys=True).encode()
+        out[path.relative_to(folder).as_posix()] = data
+    return out
+
+
 def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, formats=("zarr", "cog"),
              normalise_a: Any = "dtype", normalise_b: Any = "dtype", a_pattern="{scene}_a.tif", b_pattern="{scene}_b.tif",
              extra_output: dict | None = None, **top) -> dict:
@@ -106,3 +130,42 @@ def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, f
     }
     doc.update(top)
     return doc
+
+
+def output_pixels(outputs: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every output under a run's outputs folder as arrays, keyed by relative path (and Zarr array
+    name): PNG through Pillow, GeoTIFF/TIFF through rasterio, each array of each Zarr store."""
+    import rasterio
+    import zarr
+    from PIL import Image
+
+    pixels: dict[str, np.ndarray] = {}
+    for path in sorted(outputs.rglob("*")):
+        key = str(path.relative_to(outputs))
+        if path.suffix == ".zarr" and path.is_dir():
+            for name, array in zarr.open_group(path, mode="r").arrays():
+                pixels[f"{key}/{name}"] = array[...]
+        elif ".zarr" in key:
+            continue
+        elif path.suffix == ".png":
+            pixels[key] = np.asarray(Image.open(path))
+        elif path.suffix in (".tif", ".tiff"):
+            with rasterio.open(path) as ds:
+                pixels[key] = ds.read()
+    return pixels
+
+
+def write_fast_demo_job(jobs_dir: pathlib.Path, name: str = "demo", **overrides: Any) -> pathlib.Path:
+    """jobs/demo.yaml written into jobs_dir (beside a `samples/` folder, as in the repository) with
+    a fast baseline fuser instead of the model, and top-level overrides (e.g. run_dir)."""
+    import yaml
+
+    document = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml").read_text())
+    document["model"]["weights"] = "baseline:average"
+    for collection in document["collections"]:
+        collection["output"]["prompt_maps"] = False  # the baseline has no prompts
+    document.update(overrides)
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    path = jobs_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
