@@ -208,9 +208,11 @@ def test_example_jobs_parse(shared_dir):
     from tcmoa.train_config import load_pretrain_config
 
     assert load_pretrain_config(root / "pretrain_tiny.yaml").mask_ratio == 0.75
-    small = load_train_config(root / "train_small.yaml", {"backbone": None})
-    assert small.model == "small" and small.tasks == ["vif", "mef", "mff"] and small.crop % 112 == 0
-    assert all("dev" not in str(e.path) and "VIFB" not in str(e.path) for t in small.tasks for e in small.data[t])
+    for name in ("train_small.yaml", "train_small_guided.yaml"):
+        small = load_train_config(root / name, {"backbone": None})
+        assert small.model == "small" and small.tasks == ["vif", "mef", "mff"] and small.crop % 112 == 0
+        assert all("dev" not in str(e.path) and "VIFB" not in str(e.path) for t in small.tasks for e in small.data[t])
+    assert small.guided_loss == 1.0
     pre = load_pretrain_config(root / "pretrain_small.yaml")
     assert (pre.mask_ratio, pre.loss_patches, pre.upsample) == (0.0, "all", True)
     assert not any("dev" in p or "VIFB" in p for p in pre.photos)
