@@ -583,7 +583,8 @@ def load_model_fuser(model: ModelSpec) -> Fuser:
         from tcmoa.inference import load_fuser
     except ImportError as exc:
         raise RuntimeError(f"the model library has no tcmoa.inference.load_fuser ({exc})") from None
-    options = {"precision": model.precision, "batch_size": model.batch_size, "alpha": model.alpha, "beta": model.beta}
+    options = {"precision": model.precision, "batch_size": model.batch_size, "alpha": model.alpha, "beta": model.beta,
+               "reconstruction": model.reconstruction}
     if model.device != "auto":
         options["device"] = model.device
     return load_fuser(model.weights, **options)

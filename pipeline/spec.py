@@ -25,6 +25,7 @@ OUTPUT_DTYPES = ("auto", "uint8", "uint16", "int16", "float32")
 OUTPUT_SCALES = ("reference", "full")
 VALID_RULES = ("union", "intersection")
 PRECISIONS = ("auto", "fp32", "bf16")
+RECONSTRUCTIONS = ("decoder", "guided")  # tcmoa.inference.RECONSTRUCTIONS (spec checks need no torch)
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")  # model.weights names a file (a path) with these
 
@@ -112,6 +113,7 @@ class ModelSpec:
     alpha: float = 1.0
     beta: float = 0.0
     device: str = "auto"
+    reconstruction: str = "decoder"  # decoder: the paper's output; guided: prompt-weighted pyramid of the sources
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,7 @@ def parse_job(
         alpha=mf.float("alpha", 1.0),
         beta=mf.float("beta", 0.0),
         device=mf.str("device", "auto"),
+        reconstruction=mf.choice("reconstruction", RECONSTRUCTIONS, "decoder"),
     )
     mf.done()
     weights_path = _path(base, model.weights)

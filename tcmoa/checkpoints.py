@@ -114,10 +114,18 @@ def _check_and_assign(model: TCMoA, incoming: dict, names: list[str], label: str
 def load_mae_weights(model: TCMoA, source: "str | os.PathLike | Mapping", allow_pickle: bool = False) -> list[str]:
     """Load an MAE visualize checkpoint into the backbone and freeze exactly those weights.
 
+    A `.safetensors` file in the project's format gives its backbone (so a shipped model is also a
+    pre-trained backbone for a new training run).
+
     Returns the names loaded. Raises CheckpointError on missing or mismatched keys, and on keys
     that are neither backbone weights nor known unused MAE entries.
     """
-    state, label = read_torch_checkpoint(source, allow_pickle)
+    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).suffix == ".safetensors":
+        # a whole model in the project's format (e.g. a shipped default): take its backbone
+        whole, _ = load_model(source)
+        state, label = {k: v for k, v in whole.state_dict().items() if not model.is_trainable_name(k)}, str(source)
+    else:
+        state, label = read_torch_checkpoint(source, allow_pickle)
     names = model.backbone_state_names()
     unexpected = [k for k in state if k not in names and k not in _MAE_UNUSED]
     if unexpected:
@@ -196,13 +204,20 @@ def load_reference_checkpoint(model: TCMoA, source: "str | os.PathLike | Mapping
 
 
 # --- the project's own format -------------------------------------------------------------
-def save_model(model: TCMoA, path: "str | os.PathLike", provenance: Mapping[str, Any] | None = None) -> str:
-    """Write weights + config + provenance as safetensors, atomically. Returns the file's sha256."""
+def save_model(model: TCMoA, path: "str | os.PathLike", provenance: Mapping[str, Any] | None = None,
+               dtype: torch.dtype | None = None) -> str:
+    """Write weights + config + provenance as safetensors, atomically. Returns the file's sha256.
+
+    dtype (e.g. torch.float16) stores the floating-point tensors narrower, to ship a smaller file;
+    loading widens them back into the fp32 model.
+    """
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

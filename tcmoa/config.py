@@ -104,6 +104,10 @@ class TCMoAConfig:
 PRESETS: dict[str, TCMoAConfig] = {
     # CPU-sized: the shape of the golden fixture; used for tests and the shipped default.
     "tiny": TCMoAConfig(64, 8, 4, 32, 8, 4, name="tiny"),
+    # The shipped default's shape: 192-wide encoder (8 blocks) and decoder (4 blocks), so the
+    # pixel head maps 192 features to each token's 768 values (tiny's 32 cannot carry detail).
+    # Chosen by reconstruction per CPU-second in ../shared/docs/training-notes.md.
+    "small": TCMoAConfig(192, 8, 6, 192, 4, 6, name="small"),
     # MAE ViT-B/16 visualize checkpoint.
     "base": TCMoAConfig(768, 12, 12, 512, 8, 16, name="base"),
     # MAE ViT-L/16 visualize (GAN loss) checkpoint; the released TC-MoA uses it.

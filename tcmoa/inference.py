@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import tcmoa
+from tcmoa.guided import guided_fusion, prompt_share
 from tcmoa.interface import FusionResult, RouterSpec, as_nhwc, check_pair, output_channels
 from tcmoa.model import TCMoA, decode_to_image01, normalize
 
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "auto")
 DOWNSAMPLES = ("nearest", "area")
+# decoder: the paper's output (the decoder's pixels); guided: a Laplacian-pyramid blend of the
+# source pixels weighted by the prompts (tcmoa.guided).
+RECONSTRUCTIONS = ("decoder", "guided")
 # Shipped default weights live here once trained; until then "default" is an untrained model.
 DEFAULT_WEIGHTS = pathlib.Path(__file__).parent / "weights" / "tcmoa-default.safetensors"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -65,9 +68,12 @@ class TCMoAFuser:
 
     def __init__(self, model: TCMoA, *, device: "str | torch.device" = "cpu", precision: str = "fp32",
                  batch_size: int = 8, alpha: float = 1.0, beta: float = 0.0, downsample: str = "nearest",
-                 weights_info: dict[str, Any] | None = None):
+                 reconstruction: str = "decoder", weights_info: dict[str, Any] | None = None):
         if downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
+        if reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
+        self.reconstruction = reconstruction
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -93,7 +99,7 @@ class TCMoAFuser:
             images.append(image)
             maps.append(pmap)
         image = np.concatenate(images)
-        if channels == 1:
+        if channels == 1 and image.shape[-1] == 3:  # the decoder always paints RGB
             image = (image @ _LUMA)[..., None]
         prompt_map = np.concatenate(maps) if return_prompts else None
         return FusionResult(image=image, prompt_map=prompt_map)
@@ -108,6 +114,7 @@ class TCMoAFuser:
             "alpha": self.alpha,
             "beta": self.beta,
             "downsample": self.downsample,
+            "reconstruction": self.reconstruction,
             "tcmoa_version": tcmoa.__version__,
             "torch_version": torch.__version__,
         }
@@ -133,28 +140,22 @@ class TCMoAFuser:
         ta, tb = (self._to_model_input(x) for x in (a, b))
         with self._autocast():
             out = self.model(ta, tb, route.to(self.device), alpha=self.alpha, beta=self.beta)
-        fused = decode_to_image01(out.pred, ta.shape[-2:], mode=self.downsample)[..., :h, :w]
-        image = fused.permute(0, 2, 3, 1).float().cpu().numpy()
-        if not return_prompts:
-            return image, None
-        return image, self._prompt_map(out, ta.shape[-2:])[:, :h, :w]
+        size = tuple(ta.shape[-2:])
+        share = None
+        if return_prompts or self.reconstruction == "guided":
+            share = prompt_share(out, size)[:, 0, :h, :w].cpu().numpy()
+        if self.reconstruction == "guided":
+            image = guided_fusion(a[:, :h, :w], b[:, :h, :w], share)
+        else:
+            fused = decode_to_image01(out.pred, size, mode=self.downsample)[..., :h, :w]
+            image = fused.permute(0, 2, 3, 1).float().cpu().numpy()
+        return image, share if return_prompts else None
 
     def _to_model_input(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2)
         if t.shape[1] == 1:  # grey / infrared: repeated to 3 channels as in training
             t = t.expand(-1, 3, -1, -1)
         return normalize(t.float())
-
-    @staticmethod
-    def _prompt_map(out, size) -> np.ndarray:
-        """Share of source A per pixel, p_A / (p_A + p_B) averaged over all TC-MoA modules."""
-        p_a = torch.cat([out.encoder_prompts_A, out.decoder_prompts_A]).float()
-        p_b = torch.cat([out.encoder_prompts_B, out.decoder_prompts_B]).float()
-        share = (p_a / (p_a + p_b).clamp_min(1e-6)).mean(0)[..., 0]  # (B, N)
-        gh, gw = out.token_grid
-        share = share.view(-1, 1, gh, gw)
-        share = F.interpolate(share, size=tuple(size), mode="bilinear", align_corners=False)
-        return share[:, 0].clamp(0, 1).cpu().numpy()
 
 
 # --- loading by name ---------------------------------------------------------------------------

@@ -45,17 +45,18 @@ from tcmoa.vit import Block, PatchEmbed, interpolate_pos_table, sincos_pos_table
 BACKBONE_FILE = "mae_backbone.pth"
 # Keeps the pre-training data stream apart from the fusion tasks' streams (0, 1, 2).
 _STREAM = 100
-_RUN_DEFINING = ("model", "seed", "image_size", "crop_scale", "mask_ratio", "batch_size", "epochs",
-                 "iters_per_epoch", "warmup_epochs", "base_lr", "min_lr", "weight_decay", "betas", "clip_grad",
+_RUN_DEFINING = ("model", "seed", "image_size", "crop_scale", "mask_ratio", "loss_patches", "upsample",
+                 "batch_size", "epochs", "iters_per_epoch", "warmup_epochs", "base_lr", "min_lr", "weight_decay", "betas", "clip_grad",
                  "photos")
 
 
 class MaskedAutoencoder(nn.Module):
     """MAE encoder + pixel decoder with the TC-MoA backbone's module names."""
 
-    def __init__(self, config: "TCMoAConfig | str" = "tiny"):
+    def __init__(self, config: "TCMoAConfig | str" = "tiny", upsample: bool = False):
         super().__init__()
         cfg = self.config = get_config(config)
+        self.upsample = upsample  # enlarge inputs 2x first, as TC-MoA does (the target is the enlarged image)
         dim, ddim = cfg.embed_dim, cfg.decoder_embed_dim
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim), requires_grad=False)  # unused, see module doc
@@ -109,10 +110,17 @@ class MaskedAutoencoder(nn.Module):
         mask[:, :keep] = 0
         return kept, torch.gather(mask, 1, restore), restore
 
-    def forward(self, images: torch.Tensor, mask_ratio: float = 0.75) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images: (B, 3, H, W) normalised. Returns (loss on masked patches, prediction (B, N, p*p*3), mask)."""
+    def forward(self, images: torch.Tensor, mask_ratio: float = 0.75, loss_patches: str = "masked"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images: (B, 3, H, W) normalised. Returns (loss, prediction (B, N, p*p*3), mask).
+
+        The loss is the mean squared error over the masked patches (MAE) or, with
+        loss_patches="all" or when nothing is masked (mask_ratio=0), over every patch.
+        """
         cfg = self.config
         no_bias = lambda heads: images.new_zeros(heads, 1, 1)  # broadcasts over every token pair
+        if self.upsample:
+            images = F.interpolate(images, scale_factor=2, mode="bilinear", align_corners=False)
         x, grid = self.patch_embed(images)
         x = x + interpolate_pos_table(self.pos_embed, grid)
         x, mask, restore = self.random_masking(x, mask_ratio)
@@ -130,6 +138,10 @@ class MaskedAutoencoder(nn.Module):
             y = block(y, grid, bias, cfg.window_size, cfg.shift_size if i % 2 else 0)
         pred = self.decoder_pred(self.decoder_norm(y))
         error = ((pred.float() - self.patchify(images).float()) ** 2).mean(dim=-1)
+        if loss_patches == "all" or not bool(mask.any()):  # no masked patch: score them all, not 0/0
+            return error.mean(), pred, mask
+        if loss_patches != "masked":
+            raise ValueError(f"loss_patches must be 'masked' or 'all', got {loss_patches!r}")
         return (error * mask).sum() / mask.sum(), pred, mask
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
@@ -210,7 +222,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = True, device: "torch.devi
     cfg = get_config(config.model)
 
     torch.manual_seed(config.seed)
-    model = MaskedAutoencoder(cfg).to(dev).train()
+    model = MaskedAutoencoder(cfg, upsample=config.upsample).to(dev).train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     lr = config.base_lr * config.batch_size * world / 256
     optimizer = torch.optim.AdamW(parameter_groups(named, config.weight_decay), lr=lr, betas=config.betas)
@@ -263,7 +275,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = True, device: "torch.devi
                 group["lr"] = step_lr
             images = next(batches)["image"].to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-                loss, _, _ = net(images, config.mask_ratio)
+                loss, _, _ = net(images, config.mask_ratio, config.loss_patches)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pre-training step {step + 1}: the loss is {float(loss)}")
             optimizer.zero_grad(set_to_none=True)

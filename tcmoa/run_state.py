@@ -119,6 +119,16 @@ class CheckpointStore:
         self.folder, self.keep, self.weights_suffix = folder, keep, weights_suffix
         self.pointer = folder / "latest.json"
 
+    def latest_weights(self) -> tuple[int, pathlib.Path] | None:
+        """(step, weights file) of the last complete checkpoint, without reading its training state."""
+        if not self.pointer.is_file():
+            return None
+        try:
+            record = json.loads(self.pointer.read_text())
+            return int(record["step"]), self.folder / record["weights"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise RunStateError(f"{self.pointer}: unreadable checkpoint pointer ({exc})") from None
+
     def latest(self) -> dict[str, Any] | None:
         if not self.pointer.is_file():
             return None

@@ -29,9 +29,10 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, save_model
+from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, read_metadata, save_model
 from tcmoa.config import get_config, task_index
 from tcmoa.data import ConcatPairs, PairFolder, PairSource, PairStream, PairTransform, stream_loader
+from tcmoa.guided import guided_training_image, prompt_share
 from tcmoa.losses import task_loss
 from tcmoa.model import TCMoA, decode_to_image01
 from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write, autocast_dtype,
@@ -43,7 +44,7 @@ from tcmoa.train_config import DataEntry, TrainConfig
 # Config fields that define a run: a resume must not change them.
 _RUN_DEFINING = ("model", "backbone", "init", "seed", "crop", "crop_scales", "flip", "batch_size", "epochs",
                  "iters_per_epoch", "warmup_epochs", "lr", "min_lr", "weight_decay", "betas", "clip_grad",
-                 "ema_decay", "data")
+                 "ema_decay", "guided_loss", "data")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -121,7 +122,12 @@ def _load_init(model: TCMoA, path: pathlib.Path, require_backbone: bool) -> None
         load_reference_checkpoint(model, path, require_backbone=require_backbone)
 
 
+# Run-defining fields added later, with the value that runs saved before them had.
+_ADDED_DEFAULTS = {"guided_loss": 0.0}
+
+
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    saved = {**_ADDED_DEFAULTS, **saved}
     return [f"{k}: checkpoint {saved.get(k)!r} != now {current.get(k)!r}"
             for k in _RUN_DEFINING if saved.get(k) != current.get(k)]
 
@@ -244,6 +250,10 @@ class _Trainer:
             out = net(a, b, task)
         fused01 = decode_to_image01(out.pred, tuple(a.shape[-2:]))
         terms = task_loss(task, fused01, a01, b01, out, epoch, self.config.warmup_epochs)
+        if self.config.guided_loss:
+            guided01 = guided_training_image(a01, b01, prompt_share(out, tuple(a.shape[-2:])))
+            terms["guided_loss"] = task_loss(task, guided01, a01, b01, out, epoch, self.config.warmup_epochs)["loss"]
+            terms["loss"] = terms["loss"] + self.config.guided_loss * terms["guided_loss"]
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}, task {task}: the loss is {float(loss)}; "
@@ -351,6 +361,31 @@ class _Trainer:
             final = self.run_dir / "final.safetensors"
             self._export(final, self.end_step)
         return TrainResult(self.run_dir, final, self.end_step, metrics)
+
+
+def export_latest(run_dir: "str | pathlib.Path", output: "str | pathlib.Path",
+                  dtype: torch.dtype | None = torch.float16) -> dict[str, Any]:
+    """Copy the last complete checkpoint's weights of a training run (a finished run's
+    final.safetensors, else the newest checkpoint: EMA weights) to `output`, fp16 by default so a
+    shipped file stays small. Safe while the run goes on: checkpoints are complete once listed.
+    Returns what was exported (source, step, output, sha256, bytes)."""
+    run_dir = pathlib.Path(run_dir)
+    candidates = []  # (step, preference, file): the newest wins, final.safetensors on a tie
+    latest = CheckpointStore(run_dir / "checkpoints", keep=0).latest_weights()
+    if latest is not None:
+        candidates.append((latest[0], 0, latest[1]))
+    final = run_dir / "final.safetensors"
+    if final.is_file():
+        candidates.append((int(read_metadata(final)["provenance"].get("trained_steps", 0)), 1, final))
+    if not candidates:
+        raise RunStateError(f"{run_dir}: no checkpoint yet (no checkpoints/latest.json, no final.safetensors)")
+    step, _, source = max(candidates)
+    model, meta = load_model(source)
+    provenance = {**meta["provenance"], "exported_from": f"{run_dir.name}/{source.relative_to(run_dir)}",
+                  "source_sha256": meta["sha256"], "stored_as": str(dtype or torch.float32).replace("torch.", "")}
+    sha = save_model(model, output, provenance, dtype=dtype)
+    return {"source": str(source), "step": step, "output": str(output), "sha256": sha,
+            "bytes": pathlib.Path(output).stat().st_size}
 
 
 def train(config: TrainConfig, *, resume: bool = True, device: "torch.device | str | None" = None,

@@ -19,6 +19,7 @@ from tcmoa.config import TASKS, get_config
 from tcmoa.data import TASK_SCALES
 
 PRECISIONS = ("auto", "fp32", "bf16")
+LOSS_PATCHES = ("masked", "all")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = 1.0  # max global grad norm per step; None: no clipping (the reference's)
     ema_decay: float | None = 0.999  # EMA of the trainable weights, exported and evaluated; None: off
+    # Weight of the task's loss on the prompt-guided output (tcmoa.guided), added to the reference
+    # loss on the decoder output: a direct signal for the prompts. 0: the reference recipe.
+    guided_loss: float = 0.0
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     device: str = "auto"
     num_workers: int = 2  # data loader processes per task
@@ -83,7 +87,9 @@ class PretrainConfig:
     seed: int = 0
     image_size: int = 224  # 14 x 14 patches: one TC-MoA attention window
     crop_scale: tuple[float, float] = (0.2, 1.0)
-    mask_ratio: float = 0.75
+    mask_ratio: float = 0.75  # 0: plain autoencoding of the whole image
+    loss_patches: str = "masked"  # "masked": MAE's loss on masked patches; "all": every patch
+    upsample: bool = False  # enlarge crops 2x before patch embedding, as TC-MoA does with `upsample`
     batch_size: int = 32
     epochs: int = 100
     iters_per_epoch: int | None = None  # default: one pass over the images
@@ -334,13 +340,15 @@ def parse_pretrain_config(document: Mapping[str, Any], base: pathlib.Path, where
             values["photos"] = tuple(resolved)
     _check_common(values, problems)
     ratio = values.get("mask_ratio", 0.75)
-    if not 0 < ratio < 1:
-        problems.append(f"mask_ratio: must be in (0, 1), got {ratio}")
+    if not 0 <= ratio < 1:
+        problems.append(f"mask_ratio: must be in [0, 1), got {ratio}")
+    if values.get("loss_patches", "masked") not in LOSS_PATCHES:
+        problems.append(f"loss_patches: must be one of {list(LOSS_PATCHES)}, got {values['loss_patches']!r}")
     size = values.get("image_size", 224)
     model = values.get("model", "tiny")
     try:
         model_config = get_config(model)
-        window_px = model_config.patch_size * model_config.window_size
+        window_px = model_config.patch_size * model_config.window_size // (2 if values.get("upsample") else 1)
         if size % window_px:
             problems.append(f"image_size: {size} must be a multiple of {window_px} (one attention window of patches)")
     except (ValueError, TypeError):

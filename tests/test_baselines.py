@@ -96,8 +96,21 @@ def test_mertens_weights_favour_contrast_saturation_and_mid_tones():
     assert w(mid) > 5 * w(dark)  # well exposed beats under-exposed
     assert w(mid) > 5 * w(0.5 + 0.02 * texture)  # contrast matters
     grey = np.repeat(mid[None, ..., None], 3, axis=-1)
-    colourful = grey + np.array([0.15, 0.0, -0.15])
-    assert fuser.weights(colourful).mean() > fuser.weights(grey).mean()  # saturation matters (zero for grey)
+    pale, colourful = grey + np.array([0.03, 0.0, -0.03]), grey + np.array([0.15, 0.0, -0.15])
+    assert fuser.weights(colourful).mean() > 2 * fuser.weights(pale).mean()  # saturation matters in colour
+
+
+def test_mertens_on_grey_pairs_is_exposure_fusion_not_the_average():
+    """Grey sources have no saturation term (it is zero everywhere and used to zero every weight,
+    which left the pixel average); stored as 1 or as 3 equal channels, the result is the same."""
+    texture = scene(48, 48, seed=8) - 0.5
+    under, over = 0.1 + 0.15 * texture, 0.5 + 0.3 * texture  # the over source is well exposed here
+    fuser = MertensFuser()
+    one = fuser.fuse(under, over)[..., 0]
+    three = fuser.fuse(*(np.repeat(x[..., None], 3, axis=-1) for x in (under, over)))
+    np.testing.assert_allclose(three, np.repeat(one[..., None], 3, axis=-1), atol=1e-6)
+    average = (under + over) / 2
+    assert np.abs(one - over).mean() < 0.5 * np.abs(average - over).mean()
 
 
 def test_mertens_takes_the_only_informative_source():

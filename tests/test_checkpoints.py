@@ -80,6 +80,19 @@ def test_mae_loader_refuses_other_models():
         load_mae_weights(TCMoA_fresh(0), state)
 
 
+def test_a_saved_model_serves_as_the_backbone_of_a_new_one(tmp_path):
+    trained = random_model(CFG)
+    save_model(trained, tmp_path / "shipped.safetensors")
+    fresh = TCMoA_fresh(1)
+    adapters = {n: p.detach().clone() for n, p in fresh.trainable_parameters()}
+    loaded = load_mae_weights(fresh, tmp_path / "shipped.safetensors")
+    own, theirs = fresh.state_dict(), trained.state_dict()
+    assert set(loaded) == set(fresh.backbone_state_names())
+    assert all(torch.equal(own[n], theirs[n]) for n in loaded)
+    assert all(torch.equal(own[n], v) for n, v in adapters.items())  # the new model's own adapters
+    assert not fresh.patch_embed.proj.weight.requires_grad
+
+
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip", None])
 def test_truncated_or_empty_pth_files_give_clear_errors(tmp_path, content):
     path = tmp_path / "broken.pth"

@@ -112,6 +112,15 @@ def test_eval_writes_all_outputs_and_ranks_methods(dataset):
     assert fused_avg.shape == (H, W, 3)
 
 
+def test_eval_both_reconstruction_modes_of_a_model(dataset):
+    out = dataset / "out"
+    result = run("--a", str(dataset / "A"), "--b", str(dataset / "B"), "--method", "m=random:tiny",
+                 "--reconstruction", "both", "--metrics", "Qabf", "--limit", "1", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    means = json.loads(result.output)["means"]
+    assert set(means) == {"m-decoder", "m-guided"} and means["m-decoder"]["Qabf"] != means["m-guided"]["Qabf"]
+
+
 def test_eval_worker_processes_give_the_same_scores(dataset):
     """--jobs 2 scores images in worker processes (allocator tuned in each): same table as one process."""
     tables = {}

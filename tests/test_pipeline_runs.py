@@ -187,6 +187,31 @@ def test_fuse_one_pair_with_the_tiny_model(tmp_path):
     assert json.loads((tmp_path / "fused.stac.json").read_text())["assets"]["png"]["type"] == "image/png"
 
 
+def test_fuse_guided_reconstruction_keeps_the_dominant_sources_pixels(tmp_path):
+    """`--reconstruction guided` with prompts forced to source A (alpha 0, beta 0.5) writes A's pixels."""
+    rng = np.random.default_rng(4)
+    vis = rng.integers(0, 255, (90, 100, 3), dtype=np.uint8)
+    Image.fromarray(vis).save(tmp_path / "vis.png")
+    Image.fromarray(rng.integers(0, 255, (90, 100), dtype=np.uint8)).save(tmp_path / "ir.png")
+    result = _invoke("fuse", tmp_path / "vis.png", tmp_path / "ir.png", "-o", tmp_path / "fused.png",
+                     "--weights", "random:tiny", "--reconstruction", "guided", "--alpha", "0", "--beta", "0.5",
+                     "--tile", "224", "--overlap", "56", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert np.abs(np.asarray(Image.open(tmp_path / "fused.png")).astype(int) - vis).max() <= 1
+
+
+def test_job_spec_model_reconstruction(tmp_path):
+    from pipeline.engine import load_model_fuser
+    from pipeline.spec import SpecError, parse_job
+
+    _archive(tmp_path, scenes=("s1",), shape=(60, 70))
+    job = parse_job(pair_job(tmp_path, model={"weights": "random:tiny", "reconstruction": "guided"}), base=tmp_path)
+    assert job.model.reconstruction == "guided" and load_model_fuser(job.model).reconstruction == "guided"
+    assert parse_job(pair_job(tmp_path), base=tmp_path).model.reconstruction == "decoder"
+    with pytest.raises(SpecError, match="reconstruction"):
+        parse_job(pair_job(tmp_path, model={"reconstruction": "pyramid"}), base=tmp_path)
+
+
 def test_invalid_job_file_names_the_file_and_field(tmp_path):
     job = tmp_path / "bad.yaml"
     job.write_text(yaml.safe_dump({"name": "x", "task": "fusion", "discover": {"type": "glob"},

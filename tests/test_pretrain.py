@@ -59,6 +59,36 @@ def test_masking_keeps_a_quarter_and_reports_the_rest():
     assert torch.equal(torch.sort(restore, dim=1).values, torch.arange(196).expand(2, -1))
 
 
+def test_every_patch_objective_has_a_finite_loss_over_all_patches():
+    """mask_ratio=0 used to divide by zero masked patches (NaN); it now scores every patch."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoder("tiny").eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        loss, pred, mask = model(images, 0.0)
+        every = ((pred - model.patchify(images)) ** 2).mean()
+        assert not mask.any() and torch.isfinite(loss) and torch.allclose(loss, every)
+        # "all" scores the visible patches too, under masking
+        torch.manual_seed(1)
+        masked, pred, mask = model(images, 0.5, "masked")
+        torch.manual_seed(1)
+        scored_all, pred_all, _ = model(images, 0.5, "all")
+    error = ((pred - model.patchify(images)) ** 2).mean(-1)
+    assert torch.allclose(masked, (error * mask).sum() / mask.sum())
+    assert torch.allclose(scored_all, error.mean()) and not torch.allclose(masked, scored_all)
+
+
+def test_upsampled_pretraining_reconstructs_the_enlarged_image():
+    """With upsample the target is the 2x bilinear enlargement TC-MoA feeds its backbone."""
+    model = MaskedAutoencoder("tiny", upsample=True).eval()
+    images = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        loss, pred, _ = model(images, 0.0)
+    enlarged = torch.nn.functional.interpolate(images, scale_factor=2, mode="bilinear", align_corners=False)
+    assert pred.shape == (1, 196, 768)
+    assert torch.allclose(loss, ((pred - model.patchify(enlarged)) ** 2).mean())
+
+
 def test_patch_layout_matches_the_tcmoa_decoder_and_keys_match_mae():
     mae, fusion = MaskedAutoencoder("tiny"), TCMoA("tiny")
     images = torch.rand(2, 3, 224, 224)
@@ -98,7 +128,7 @@ def test_pretrain_config_errors(tmp_path):
     with pytest.raises(ConfigError) as info:
         parse_pretrain_config({"run_dir": "r", "photos": ["nowhere"], "mask_ratio": 1.5, "image_size": 100},
                               tmp_path, "pre.yaml")
-    for expected in ("pre.yaml", "nowhere is not a folder", "mask_ratio: must be in (0, 1)",
+    for expected in ("pre.yaml", "nowhere is not a folder", "mask_ratio: must be in [0, 1)",
                      "image_size: 100 must be a multiple of 224"):
         assert expected in str(info.value)
 

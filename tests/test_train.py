@@ -208,6 +208,55 @@ def test_example_jobs_parse(shared_dir):
     from tcmoa.train_config import load_pretrain_config
 
     assert load_pretrain_config(root / "pretrain_tiny.yaml").mask_ratio == 0.75
+    for name in ("train_small.yaml", "train_small_guided.yaml"):
+        small = load_train_config(root / name, {"backbone": None})
+        assert small.model == "small" and small.tasks == ["vif", "mef", "mff"] and small.crop % 112 == 0
+        assert all("dev" not in str(e.path) and "VIFB" not in str(e.path) for t in small.tasks for e in small.data[t])
+    assert small.guided_loss == 1.0
+    pre = load_pretrain_config(root / "pretrain_small.yaml")
+    assert (pre.mask_ratio, pre.loss_patches, pre.upsample) == (0.0, "all", True)
+    assert not any("dev" in p or "VIFB" in p for p in pre.photos)
+
+
+def test_guided_loss_trains_the_prompts_through_the_guided_output(workspace, tmp_path):
+    from tcmoa.train import _config_differences
+
+    plain = train(_config(workspace, tmp_path / "plain", max_steps=2), progress=False)
+    guided = train(_config(workspace, tmp_path / "guided", max_steps=2, guided_loss=1.0), progress=False)
+    logged = _losses(tmp_path / "guided")[-1]
+    assert all(math.isfinite(logged[f"{t}/guided_loss"]) for t in ("vif", "mef", "mff"))
+    assert "vif/guided_loss" not in _losses(tmp_path / "plain")[-1]
+    gate = "blocks_MoA.0.MoA.w_gate"  # the routers feed the prompts: the extra loss moves them
+    assert not torch.equal(load_file(plain.weights)[gate], load_file(guided.weights)[gate])
+    # runs saved before the field existed resume as the reference recipe (guided_loss 0)
+    saved = {k: v for k, v in _config(workspace, tmp_path / "x").to_dict().items() if k != "guided_loss"}
+    assert _config_differences(saved, _config(workspace, tmp_path / "x").to_dict()) == []
+
+
+def test_export_takes_the_newest_weights_of_a_run_as_fp16(workspace, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main as cli
+    from tcmoa.checkpoints import load_model, read_metadata
+
+    empty = CliRunner().invoke(cli, ["export", str(tmp_path), "-o", str(tmp_path / "x.safetensors")])
+    assert empty.exit_code == 1 and "no checkpoint yet" in empty.output
+    train(_config(workspace, tmp_path / "run", max_steps=2), progress=False)  # checkpoint 2 = final 2
+    train(_config(workspace, tmp_path / "run", max_steps=3, checkpoint_every=1), progress=False)
+    (tmp_path / "run" / "final.safetensors").rename(tmp_path / "old_final.safetensors")
+    train(_config(workspace, tmp_path / "run", max_steps=4, checkpoint_every=1), progress=False)
+    # a final from step 4 and a checkpoint 4: either; now make final stale, as an interrupted resume would
+    (tmp_path / "old_final.safetensors").replace(tmp_path / "run" / "final.safetensors")
+    out = tmp_path / "shipped.safetensors"
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "run"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "exported step 4" in result.output
+    newest, _ = load_model(tmp_path / "run" / "checkpoints" / "step_00000004.safetensors")
+    shipped, meta = load_model(out)
+    assert meta["provenance"]["trained_steps"] == 4 and meta["provenance"]["stored_as"] == "float16"
+    for name, value in newest.state_dict().items():
+        assert torch.equal(shipped.state_dict()[name], value.half().float()), name
+    assert read_metadata(out)["config"] == read_metadata(tmp_path / "run" / "final.safetensors")["config"]
 
 
 def test_init_starts_from_saved_weights_and_backbone_wins(workspace, tmp_path):

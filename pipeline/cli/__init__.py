@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pipeline.cli.eval_cmds:evaluate", "Score fused images with the fusion metrics; compare methods."),
     "train": ("pipeline.cli.train_cmds:train", "Train or fine-tune TC-MoA from a YAML config (local or Ray)."),
     "pretrain": ("pipeline.cli.train_cmds:pretrain", "MAE-pretrain a backbone for configs without public weights."),
+    "export": ("pipeline.cli.train_cmds:export", "Export a training run's latest weights (e.g. as the package default)."),
     "convert": ("pipeline.cli.model_cmds:convert", "Convert MAE / released TC-MoA checkpoints to safetensors."),
     "check-parity": ("pipeline.cli.model_cmds:check_parity", "Compare the model and losses with a reference fixture."),
     "info": ("pipeline.cli.model_cmds:info", "Show config, parameter counts and provenance of weights."),

@@ -23,8 +23,11 @@ def _parse_fused(values: tuple[str, ...]) -> list[tuple[str, pathlib.Path]]:
     return out
 
 
-def _load_method(value: str):
-    """NAME=SPEC or SPEC, where SPEC is 'baseline:NAME' or a model spec for tcmoa.inference.load_fuser."""
+def _load_method(value: str, reconstruction: str = "decoder") -> list[tuple[str, object]]:
+    """NAME=SPEC or SPEC, where SPEC is 'baseline:NAME' or a model spec for tcmoa.inference.load_fuser.
+
+    A model is loaded once per reconstruction mode ('both': NAME/decoder and NAME/guided).
+    """
     name, sep, spec = value.partition("=")
     if not sep:
         spec = value
@@ -33,10 +36,12 @@ def _load_method(value: str):
         if spec.startswith("baseline:"):
             from tcmoa.baselines import get_baseline
 
-            return name, get_baseline(spec.split(":", 1)[1])
+            return [(name, get_baseline(spec.split(":", 1)[1]))]
         from tcmoa.inference import load_fuser
 
-        return name, load_fuser(spec)
+        if reconstruction == "both":
+            return [(f"{name}-{mode}", load_fuser(spec, reconstruction=mode)) for mode in ("decoder", "guided")]
+        return [(name, load_fuser(spec, reconstruction=reconstruction))]
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.BadParameter(f"{spec}: {exc}", param_hint="--method") from exc
 
@@ -52,6 +57,8 @@ def _load_method(value: str):
               help="Run a fuser on the sources first: baseline:average|laplacian|mertens or a model "
                    "spec such as weights.safetensors (repeatable).")
 @click.option("--task", default="vif", show_default=True, help="Task router for model methods (vif/mef/mff).")
+@click.option("--reconstruction", type=click.Choice(["decoder", "guided", "both"]), default="decoder",
+              show_default=True, help="Output of model methods: the decoder's, prompt-guided, or both (NAME-decoder, NAME-guided).")
 @click.option("--preset", default="standard", show_default=True,
               help="Metric conventions: standard (textbook), vifb or mefb (those toolboxes).")
 @click.option("--metrics", default=None, metavar="LIST",
@@ -66,7 +73,7 @@ def _load_method(value: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the per-method means (and ranks) as JSON.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--list-metrics", is_flag=True, help="List the metrics, their direction and aliases, and exit.")
-def evaluate(a_dir, b_dir, fused, method, task, preset, metrics, out_dir, jobs, size_mismatch, limit, as_json,
+def evaluate(a_dir, b_dir, fused, method, task, reconstruction, preset, metrics, out_dir, jobs, size_mismatch, limit, as_json,
              quiet, list_metrics) -> None:
     """Score fused images against their two sources (pairs matched by file stem).
 
@@ -100,7 +107,7 @@ def evaluate(a_dir, b_dir, fused, method, task, preset, metrics, out_dir, jobs, 
     from pipeline.evaluation import EvaluationError, Method, run_evaluation
 
     methods = [Method(name, folder=folder) for name, folder in _parse_fused(fused)]
-    methods += [Method(name, fuser=fuser) for name, fuser in map(_load_method, method)]
+    methods += [Method(name, fuser=fuser) for value in method for name, fuser in _load_method(value, reconstruction)]
 
     def progress(iterable, total):
         return tqdm(iterable, total=total, desc="pairs", unit="pair", disable=quiet or as_json, file=sys.stderr)

@@ -229,6 +229,9 @@ SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"
 @click.option("--weights", default="default", show_default=True, help="Weights file, 'default' or a fuser spec.")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Prompt scale (paper Eq. 8).")
 @click.option("--beta", type=float, default=0.0, show_default=True, help="Prompt shift (paper Eq. 8).")
+@click.option("--reconstruction", type=click.Choice(["decoder", "guided"]), default="decoder", show_default=True,
+              help="decoder: the model's decoder output (the paper's); guided: the source pixels blended in a "
+                   "Laplacian pyramid weighted by the model's prompts.")
 @click.option("--tile", type=int, default=448, show_default=True)
 @click.option("--overlap", type=int, default=112, show_default=True)
 @click.option("--normalise", type=click.Choice(["auto", "dtype", "percentile"]), default="auto", show_default=True,
@@ -239,9 +242,9 @@ SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (or zarr store) of the same kind; never an input.")
 @_output_mode
 @_errors_as_exit_codes
-def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, tile: int, overlap: int,
-         normalise: str, prompts: bool, run_dir: pathlib.Path | None, overwrite: bool, mode: str | None,
-         show_traceback: bool) -> None:
+def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, reconstruction: str,
+         tile: int, overlap: int, normalise: str, prompts: bool, run_dir: pathlib.Path | None, overwrite: bool,
+         mode: str | None, show_traceback: bool) -> None:
     """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file."""
     from pipeline.output_safety import input_collisions
     from pipeline.spec import parse_job
@@ -260,7 +263,7 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
         "sources": [{"role": r, "normalise": normalise} for r in roles],
         "reference": roles[0],
         "tiling": {"tile": tile, "overlap": overlap},
-        "model": {"weights": weights, "alpha": alpha, "beta": beta},
+        "model": {"weights": weights, "alpha": alpha, "beta": beta, "reconstruction": reconstruction},
         "output": {"dir": str(output.parent.absolute()), "name": output.stem, "formats": [fmt], "prompt_maps": prompts},
         "run_dir": str((run_dir or pathlib.Path(tempfile.gettempdir())).absolute()),  # see below for no --run-dir
         "overwrite": overwrite,

@@ -39,6 +39,32 @@ def _init_torchrun() -> None:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help="Where to write the weights (.safetensors).")
+@click.option("--default", "as_default", is_flag=True,
+              help="Write them where the package looks for its default weights (weights: default).")
+@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="Storage precision of the file (the model computes in fp32 or bf16 either way).")
+def export(run_dir: pathlib.Path, output: pathlib.Path | None, as_default: bool, dtype: str) -> None:
+    """Export the latest weights of a training run (finished or still running) to one file."""
+    import torch
+
+    from tcmoa.inference import DEFAULT_WEIGHTS
+    from tcmoa.train import export_latest
+
+    if (output is None) == (not as_default):
+        raise click.UsageError("give exactly one of -o/--output or --default")
+    try:
+        done = export_latest(run_dir, DEFAULT_WEIGHTS if as_default else output,
+                             torch.float16 if dtype == "fp16" else None)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"exported step {done['step']} of {run_dir} to {done['output']} "
+               f"({done['bytes'] / 1e6:.1f} MB, sha256 {done['sha256'][:16]}...)")
+
+
 @click.command("train")
 @click.argument("config", type=_CONFIG)
 @click.option("--workers", type=click.IntRange(min=1), default=None,

@@ -1,0 +1,107 @@
+"""Prompt-guided reconstruction: the Laplacian-pyramid blend of the source pixels and its use by
+the fuser (`reconstruction="guided"`)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tcmoa.guided import guided_fusion
+from tcmoa.inference import TCMoAFuser, load_fuser, random_model
+from tcmoa.pyramid import blend, blend_torch, rgb_to_ycbcr
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _images(channels: int = 3, size: tuple[int, int] = (96, 128), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return tuple(rng.random((1, *size, channels)) for _ in range(2))
+
+
+def test_a_dominant_source_is_kept_exactly_and_half_weights_give_the_average():
+    a, b = _images()
+    ones = np.ones((1, *a.shape[1:3]))
+    np.testing.assert_allclose(guided_fusion(a, b, ones), a, atol=1e-6)
+    np.testing.assert_allclose(guided_fusion(a, b, 0 * ones), b, atol=1e-6)
+    np.testing.assert_allclose(guided_fusion(a, b, 0.5 * ones), (a + b) / 2, atol=1e-6)
+
+
+def test_where_one_source_dominates_a_region_the_output_there_is_its_pixels():
+    a, b = _images(size=(128, 256))
+    weight = np.zeros((1, 128, 256))
+    weight[..., :128] = 1.0
+    fused = guided_fusion(a, b, weight, levels=4)
+    margin = 48  # beyond the coarsest level's reach (8 px x its blur and upsampling)
+    np.testing.assert_allclose(fused[:, :, : 128 - margin], a[:, :, : 128 - margin], atol=1e-6)
+    np.testing.assert_allclose(fused[:, :, 128 + margin:], b[:, :, 128 + margin:], atol=1e-6)
+    seam = fused[:, :, 120:136]  # in between: a blend, not a copy of either
+    assert np.abs(seam - a[:, :, 120:136]).max() > 1e-3 and np.abs(seam - b[:, :, 120:136]).max() > 1e-3
+
+
+def test_grey_and_colour_fuse_in_luminance_with_the_colour_sources_chroma():
+    colour, grey = _images(3, seed=1)
+    colour, grey = colour * 0.3 + 0.35, grey[..., :1] * 0.4 + 0.3  # ranges that keep the result in [0, 1]
+    weight = np.full((1, *colour.shape[1:3]), 0.3)
+    fused = guided_fusion(colour, grey, weight)
+    assert fused.shape == colour.shape
+    np.testing.assert_allclose(rgb_to_ycbcr(fused)[..., 1:], rgb_to_ycbcr(colour)[..., 1:], atol=1e-5)
+    np.testing.assert_allclose(fused @ LUMA, 0.3 * (colour @ LUMA) + 0.7 * grey[..., 0], atol=1e-5)
+    # the colour source alone gives back its pixels
+    np.testing.assert_allclose(guided_fusion(colour, grey, np.ones_like(weight)), colour, atol=1e-5)
+
+
+def test_grey_stored_as_three_equal_channels_counts_as_grey():
+    colour, grey = _images(3, seed=3)
+    colour, grey = colour * 0.3 + 0.35, grey[..., :1] * 0.4 + 0.3
+    as_rgb = np.repeat(grey, 3, axis=-1)
+    zero = np.zeros((1, *colour.shape[1:3]))
+    np.testing.assert_allclose(guided_fusion(colour, as_rgb, zero), guided_fusion(colour, grey, zero), atol=1e-6)
+    # all of the grey source's luminance, the colour source's chroma
+    np.testing.assert_allclose(guided_fusion(colour, as_rgb, zero) @ LUMA, grey[..., 0], atol=1e-5)
+
+
+def test_the_training_twin_of_the_blend_equals_it_and_passes_gradients():
+    import torch
+
+    rng = np.random.default_rng(5)
+    a, b, w = rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 1))
+    as_torch = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)
+    weight = as_torch(w).requires_grad_()
+    out = blend_torch(as_torch(a), as_torch(b), weight, 4)
+    np.testing.assert_allclose(out.detach().permute(0, 2, 3, 1).numpy(), blend(a, b, w, 4), atol=1e-12)
+    out.sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def guided_fuser():
+    return TCMoAFuser(random_model("tiny"), reconstruction="guided")
+
+
+def test_fuser_guided_by_prompts_forced_to_a_returns_source_a(guided_fuser):
+    rng = np.random.default_rng(0)
+    a, b = rng.random((100, 130, 3), dtype=np.float32), rng.random((100, 130), dtype=np.float32)
+    guided_fuser.alpha, guided_fuser.beta = 0.0, 0.5  # p_A' = 1, p_B' = 0 everywhere (paper Eq. 8)
+    try:
+        np.testing.assert_allclose(guided_fuser.fuse(a, b, "vif"), a, atol=1e-5)
+        guided_fuser.beta = 0.0  # p_A' = p_B' = 0.5: the pyramid average = the pixel average
+        grey_a, grey_b = rng.random((100, 130), dtype=np.float32), rng.random((100, 130), dtype=np.float32)
+        np.testing.assert_allclose(guided_fuser.fuse(grey_a, grey_b, "mef"), (grey_a + grey_b) / 2, atol=1e-5)
+    finally:
+        guided_fuser.alpha, guided_fuser.beta = 1.0, 0.0
+
+
+def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 112, 112, 1), dtype=np.float32), rng.random((2, 112, 112, 1), dtype=np.float32)
+    result = guided_fuser.fuse_batch(a, b, "mff", return_prompts=True)
+    assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
+    expected = np.clip(blend(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4), 0, 1)
+    np.testing.assert_allclose(result.image, expected, atol=1e-5)
+    assert guided_fuser.provenance()["reconstruction"] == "guided"
+
+
+def test_load_fuser_takes_the_reconstruction_and_rejects_unknown_ones():
+    assert load_fuser("random:tiny", reconstruction="guided").reconstruction == "guided"
+    assert load_fuser("random:tiny").reconstruction == "decoder"
+    with pytest.raises(ValueError, match="reconstruction must be one of"):
+        load_fuser("random:tiny", reconstruction="pyramid")
