@@ -48,6 +48,27 @@ class Fuser(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What planning needs to know about a model, read without building or loading the network
+    (`tcmoa.inference.model_info`): a driver without a GPU plans a job from this alone."""
+
+    name: str  # the fuser's name (what `Fuser.name` will say)
+    tile_multiple: int  # tile sides must be multiples of this
+    weights: str  # the weights spec as given ('default', a path, 'random:tiny', 'baseline:NAME')
+    weights_sha256: str | None  # of the weights file; None where there is no file
+    config: dict[str, Any] = field(default_factory=dict)  # the network's configuration
+    trained: bool = True
+
+    @classmethod
+    def of(cls, fuser: "Fuser", weights: str = "") -> "ModelInfo":
+        """The info of a fuser already built (tests, stand-ins, baselines)."""
+        provenance = fuser.provenance() if hasattr(fuser, "provenance") else {}
+        info = provenance.get("weights", {}) if isinstance(provenance.get("weights"), dict) else {}
+        return cls(getattr(fuser, "name", type(fuser).__name__), int(getattr(fuser, "tile_multiple", 1) or 1),
+                   weights, info.get("sha256"), provenance.get("config", {}), info.get("trained", True))
+
+
 def as_nhwc(x: Any, what: str = "image") -> np.ndarray:
     """Accept HxW, HxWxC or NxHxWxC arrays (numpy or torch) and return float32 NHWC.
 

@@ -56,7 +56,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = 1.0  # max global grad norm per step; None: no clipping (the reference's)
     ema_decay: float | None = 0.999  # EMA of the trainable weights, exported and evaluated; None: off
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 where the device computes it natively (tcmoa.devices)
     device: str = "auto"
     num_workers: int = 2  # data loader processes per task
     threads: int | None = None  # torch intra-op threads (None: torch's default)
