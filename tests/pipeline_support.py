@@ -106,3 +106,12 @@ def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, f
     }
     doc.update(top)
     return doc
+
+
+def plan_with(job, fuser):
+    """The plan of `job` for a fuser already built (what the local runner plans with it)."""
+    from pipeline.plan import plan_job
+    from tcmoa.devices import Placement
+    from tcmoa.interface import ModelInfo
+
+    return plan_job(job, ModelInfo.of(fuser, job.model.weights), Placement("cpu", "fp32"))

@@ -13,6 +13,7 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("pipeline.cli.run_cmds:samples", "Write a small generated sample archive (photos, stacks, GeoTIFFs)."),
     "run": ("pipeline.cli.run_cmds:run", "Run a fusion job over an archive (resumable)."),
+    "resume": ("pipeline.cli.run_cmds:resume", "Finish a run directory's job: redo only what is not verified done."),
     "status": ("pipeline.cli.run_cmds:status", "Show the items, units and failures of a run directory."),
     "fuse": ("pipeline.cli.run_cmds:fuse", "Fuse one item (two or more source files) into one output."),
     "eval": ("pipeline.cli.eval_cmds:evaluate", "Score fused images with the fusion metrics; compare methods."),

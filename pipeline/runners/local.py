@@ -1,0 +1,106 @@
+"""The in-process runner (`tcmoa run --local`): every unit in this process, one after another.
+
+For debugging and for machines without Ray; gives the same outputs and records as the Ray runner.
+An item's sources are opened (photos decoded) once for all its units.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from pipeline import runtime
+from pipeline.items import export_item, prepare_item, remove_store, store_path, stretches_from_json, stretches_to_json
+from pipeline.manifest import now
+from pipeline.runners.session import RunSummary, Session
+from pipeline.schedule import ItemWork, Options
+from pipeline.spec import JobSpec, ModelSpec
+from pipeline.unit import ReaderCache, process_unit
+from tcmoa.devices import Placement
+from tcmoa.interface import Fuser, ModelInfo
+
+
+def load_model_fuser(model: ModelSpec, placement: Placement | None = None) -> Fuser:
+    """The job's model on its resolved device and precision (loaded: for workers, not planning)."""
+    from tcmoa.inference import load_fuser
+
+    placement = placement or Placement.resolve(model.device, model.precision)
+    options = {"batch_size": model.batch_size, "alpha": model.alpha, "beta": model.beta}
+    if not model.weights.startswith("baseline:"):
+        options.update(device=placement.device, precision=placement.precision)
+    return load_fuser(model.weights, **options)
+
+
+def run_job(
+    job: JobSpec, *, fuser: Fuser | None = None, options: Options = Options(), retry_failed: bool = False,
+    progress: bool = True, report: Callable[[str], None] | None = None, source: dict | None = None,
+) -> RunSummary:
+    """Run what the schedule leaves to do, in this process; failed items are recorded, the others go on.
+    `fuser`: a model already built (tests, stand-ins); by default the job's model is loaded."""
+    runtime.tune_allocator()  # before the model and the first blocks allocate
+    if retry_failed:
+        options = Options(retry_failed=True, only=options.only)
+    if fuser is None:
+        placement = Placement.resolve(job.model.device, job.model.precision)
+        fuser = load_model_fuser(job.model, placement)
+        model = _model_info(job.model.weights)
+    else:
+        placement = _placement_of(fuser)
+        model = ModelInfo.of(fuser, job.model.weights)
+    session = Session(job, model, placement, options, runner="local", workers=1, progress=progress, report=report,
+                      source=source)
+    with session.open(), ReaderCache() as readers:
+        for work in session.work.to_run:
+            _run_item(session, work, fuser, readers)
+    return session.summary
+
+
+def _model_info(weights: str) -> ModelInfo:
+    from tcmoa.inference import model_info
+
+    return model_info(weights)
+
+
+def _placement_of(fuser: Fuser) -> Placement:
+    device = getattr(getattr(fuser, "device", None), "type", "cpu")
+    return Placement(device, getattr(fuser, "precision", "fp32"))
+
+
+def _run_item(session: Session, work: ItemWork, fuser: Fuser, readers: ReaderCache) -> None:
+    item, run = work.item, session.plan.run_info
+    left = len(work.units)
+    started = now()
+    session.bar.set_postfix_str(f"preparing {item.key}")
+    if work.radiometry is not None:
+        stretches = stretches_from_json(work.radiometry)
+    else:
+        try:
+            stretches = prepare_item(run, item, session.work_dir)
+        except Exception as exc:
+            session.prepare_failed(item, exc, started, left)
+            if not work.units_done:
+                remove_store(session.work_dir, item)
+            return
+        session.prepared(item, stretches_to_json(stretches), started)
+    store = store_path(session.work_dir, item)
+    session.bar.set_postfix_str(item.key)
+    for unit in work.units:
+        started = now()
+        try:
+            result = process_unit(unit, item, stretches, store, fuser, readers)
+        except Exception as exc:
+            session.unit_failed(item, unit, exc, started, left)
+            if not work.units_done and left == len(work.units):  # nothing worth resuming: no partial store left
+                remove_store(session.work_dir, item)
+            return
+        session.unit_done(item, unit, result, started)
+        left -= 1
+    readers.drop(item.sources)
+    if not work.export:
+        return
+    session.bar.set_postfix_str(f"exporting {item.key}")
+    started = now()
+    try:
+        assets = export_item(run, item, session.work_dir, stretches)
+    except Exception as exc:
+        session.export_failed(item, exc, started)
+        return
+    session.exported(item, assets, started)
