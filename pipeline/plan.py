@@ -26,8 +26,7 @@ from pipeline.manifest import canonical_json, digest
 from pipeline.sources import Grid, SourceError, SourceInfo, SourceRef, check_overlap, expand_sources, inspect
 from pipeline.spec import CollectionSpec, JobSpec, ModelSpec
 from pipeline.tiling import Block, TileGrid, block_grid, make_grid, tiles_for_block
-from tcmoa.devices import Placement
-from tcmoa.interface import ModelInfo
+from tcmoa.interface import ModelInfo, Placement
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from dataclasses import dataclass
-
 import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -55,14 +53,9 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Resolved device type and precision: what results depend on (a GPU's index does not)."""
+def resolve_placement(device: str = "auto", precision: str = "auto"):
+    """The `Placement` (device type, precision) that 'auto' values resolve to in this process."""
+    from tcmoa.interface import Placement
 
-    device: str  # 'cpu' or 'cuda'
-    precision: str  # 'fp32' or 'bf16'
-
-    @classmethod
-    def resolve(cls, device: str = "auto", precision: str = "auto") -> "Placement":
-        dev = resolve_device(device)
-        return cls(dev.type, resolve_precision(precision, dev))
+    dev = resolve_device(device)
+    return Placement(dev.type, resolve_precision(precision, dev))

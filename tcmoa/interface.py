@@ -49,6 +49,23 @@ class Fuser(Protocol):
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Resolved device type and precision (`tcmoa.devices.resolve_placement`): what results depend
+    on, so unit ids hash it (a GPU's index does not matter)."""
+
+    device: str  # 'cpu' or 'cuda'
+    precision: str  # 'fp32' or 'bf16'
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto", weights: str = "") -> "Placement":
+        if weights.startswith("baseline:"):  # classical baselines compute in numpy float64
+            return cls("cpu", "fp32")
+        from tcmoa.devices import resolve_placement  # imports torch: only where a model will run
+
+        return resolve_placement(device, precision)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What planning needs to know about a model, read without building or loading the network
     (`tcmoa.inference.model_info`): a driver without a GPU plans a job from this alone."""

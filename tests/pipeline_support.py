@@ -111,7 +111,61 @@ def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, f
 def plan_with(job, fuser):
     """The plan of `job` for a fuser already built (what the local runner plans with it)."""
     from pipeline.plan import plan_job
-    from tcmoa.devices import Placement
+    from tcmoa.interface import Placement
     from tcmoa.interface import ModelInfo
 
     return plan_job(job, ModelInfo.of(fuser, job.model.weights), Placement("cpu", "fp32"))
+
+
+class KillOnceFuser(ContextFuser):
+    """Kills its own process (SIGKILL, like the OOM killer) in its first call of a test: the
+    marker file makes the restarted worker carry on."""
+
+    name = "stand-in:context"
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = pathlib.Path(marker)
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
+        import os
+        import signal
+
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+
+class SlowFuser(ContextFuser):
+    """ContextFuser taking `delay` s per call; leaves a file named after its process group in
+    `trace` (which node's processes did model work)."""
+
+    name = "stand-in:context"
+
+    def __init__(self, delay: float, trace: str | None = None):
+        super().__init__()
+        self.delay, self.trace = delay, trace
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
+        import os
+        import time
+
+        if self.trace:
+            (pathlib.Path(self.trace) / f"pg-{os.getpgid(0)}").touch()
+        time.sleep(self.delay)
+        return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+
+def slow_average(delay: float):
+    """The 'average' baseline, `delay` s slower per call (same name: same job fingerprint)."""
+    import time
+
+    from tcmoa.baselines import AverageFuser
+
+    class SlowAverage(AverageFuser):
+        def fuse_batch(self, a, b, task="vif", *, return_prompts=False):
+            time.sleep(delay)
+            return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+    return SlowAverage()

@@ -156,11 +156,11 @@ def _dry_run(job, mode: str | None, estimate: bool) -> None:
     from pipeline.runners.local import load_model_fuser
     from pipeline.runners.session import recorded_infos
     from pipeline.manifest import RunDir
-    from tcmoa.devices import Placement
+    from tcmoa.interface import Placement
     from tcmoa.inference import model_info
 
     try:
-        placement = Placement.resolve(job.model.device, job.model.precision)
+        placement = Placement.resolve(job.model.device, job.model.precision, job.model.weights)
         plan = plan_job(job, model_info(job.model.weights), placement, recorded_infos(RunDir(job.run_dir)))
     except (OSError, ValueError) as exc:
         _fail(str(exc))

@@ -14,15 +14,14 @@ from pipeline.runners.session import RunSummary, Session
 from pipeline.schedule import ItemWork, Options
 from pipeline.spec import JobSpec, ModelSpec
 from pipeline.unit import ReaderCache, process_unit
-from tcmoa.devices import Placement
-from tcmoa.interface import Fuser, ModelInfo
+from tcmoa.interface import Fuser, ModelInfo, Placement
 
 
 def load_model_fuser(model: ModelSpec, placement: Placement | None = None) -> Fuser:
     """The job's model on its resolved device and precision (loaded: for workers, not planning)."""
     from tcmoa.inference import load_fuser
 
-    placement = placement or Placement.resolve(model.device, model.precision)
+    placement = placement or Placement.resolve(model.device, model.precision, model.weights)
     options = {"batch_size": model.batch_size, "alpha": model.alpha, "beta": model.beta}
     if not model.weights.startswith("baseline:"):
         options.update(device=placement.device, precision=placement.precision)
@@ -39,7 +38,7 @@ def run_job(
     if retry_failed:
         options = Options(retry_failed=True, only=options.only)
     if fuser is None:
-        placement = Placement.resolve(job.model.device, job.model.precision)
+        placement = Placement.resolve(job.model.device, job.model.precision, job.model.weights)
         fuser = load_model_fuser(job.model, placement)
         model = _model_info(job.model.weights)
     else:

@@ -31,8 +31,7 @@ from pipeline.plan import ItemPlan, RunInfo, Unit
 from pipeline.runners.session import RunSummary, Session, failure_fields
 from pipeline.schedule import ItemWork, Options
 from pipeline.spec import JobSpec, ModelSpec
-from tcmoa.devices import Placement
-from tcmoa.interface import ModelInfo
+from tcmoa.interface import ModelInfo, Placement
 
 DEPTH = 3  # units in flight per worker: one being read, one on the model, one being written
 RETRIES = 3  # restarts of a lost worker, retries of its calls and of item tasks
@@ -80,8 +79,8 @@ def _remote_functions():
         return _REMOTE
 
     @ray.remote(num_cpus=0, max_retries=RETRIES)
-    def resolve_placement(device: str, precision: str) -> Placement:
-        return Placement.resolve(device, precision)
+    def resolve_placement(device: str, precision: str, weights: str) -> Placement:
+        return Placement.resolve(device, precision, weights)
 
     @ray.remote(num_cpus=0, max_retries=RETRIES)
     def prepare_task(run: RunInfo, item: ItemPlan, work_dir: str) -> str:
@@ -224,7 +223,7 @@ def run_job(
             from tcmoa.inference import model_info
 
             model = model_info(job.model.weights)  # the weights' metadata only: the driver never loads the model
-            placement = ray.get(remote["placement"].options(num_gpus=gpus).remote(job.model.device, job.model.precision))
+            placement = ray.get(remote["placement"].options(num_gpus=gpus).remote(job.model.device, job.model.precision, job.model.weights))
         session = Session(job, model, placement, options, runner="ray", workers=count, progress=progress, report=report,
                           source=source)
         with session.open():

@@ -23,8 +23,7 @@ from pipeline.plan import ItemPlan, Plan, infos_from_json, infos_to_json, plan_j
 from pipeline.schedule import Observed, Options, Work, schedule
 from pipeline.sources import SourceError
 from pipeline.spec import JobSpec
-from tcmoa.devices import Placement
-from tcmoa.interface import ModelInfo
+from tcmoa.interface import ModelInfo, Placement
 from pipeline.writers import atomic_path
 
 JOB_SOURCE = "job-source.json"  # the job document and the folder its relative paths start from
