@@ -138,8 +138,8 @@ class KillOnceFuser(ContextFuser):
 
 
 class SlowFuser(ContextFuser):
-    """ContextFuser taking `delay` s per call; leaves a file named after its process group in
-    `trace` (which node's processes did model work)."""
+    """ContextFuser taking `delay` s per call; leaves a file named after its Ray node in `trace`
+    (which nodes did model work)."""
 
     name = "stand-in:context"
 
@@ -148,11 +148,12 @@ class SlowFuser(ContextFuser):
         self.delay, self.trace = delay, trace
 
     def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
-        import os
         import time
 
         if self.trace:
-            (pathlib.Path(self.trace) / f"pg-{os.getpgid(0)}").touch()
+            import ray
+
+            (pathlib.Path(self.trace) / f"node-{ray.get_runtime_context().get_node_id()}").touch()
         time.sleep(self.delay)
         return super().fuse_batch(a, b, task, return_prompts=return_prompts)
 
