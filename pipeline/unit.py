@@ -2,9 +2,10 @@
 
     read_inputs   every source over the block and its halo, on the reference grid, reflect-padded
                   at image borders, normalised to float32 in [0, 1], with validity masks
-    fuse_block    cut the tiles, run the model in batches (more than two sources are reduced
-                  pairwise in order), blend with the window normalised by the summed weights,
-                  convert to the output dtype: arrays in, arrays out, no I/O
+    fuse_block    arrays in, arrays out, no I/O: `run_model` cuts the tiles and runs the model in
+                  batches (more than two sources are reduced pairwise in order), `blend_tiles`
+                  blends them with the window normalised by the summed weights and converts to
+                  the output dtype (a runner keeps the model busy by blending off its stage)
     write_block   write the block to the item's store and read it back: the checksum is of what
                   the store holds, so a 'done' record is only ever made of a verified block
 
@@ -162,30 +163,46 @@ def reduce_sources(
     return fused, shares
 
 
-def fuse_block(unit: Unit, item: ItemPlan, stretches: list[Stretch], inputs: Inputs, fuser: Fuser) -> FusedBlock:
-    """The unit's block from its inputs: tiles -> model -> blend -> output dtype (no I/O)."""
+@dataclass
+class ModelTiles:
+    """The model's output for every tile of a unit, batch by batch, before blending."""
+
+    batches: list[tuple[list[tuple[int, int]], np.ndarray, np.ndarray | None]]  # (origins, fused, shares)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_model(unit: Unit, item: ItemPlan, inputs: Inputs, fuser: Fuser) -> ModelTiles:
+    """Cut the unit's tiles from its inputs and fuse them in batches (the only stage on the model)."""
     clock = Clock()
     tg = item.tiles
-    y0, x0, arrays, masks = inputs.y0, inputs.x0, inputs.arrays, inputs.masks
-    with clock("blend"):
-        out_valid = np.logical_or.reduce(masks) if item.valid_rule == "union" else np.logical_and.reduce(masks)
-        window = blend_window(tg.tile_h, tg.tile_w, tg.overlap, item.window)
-    acc = BlockAccumulator(unit.block, item.out_channels)
-    share_acc = BlockAccumulator(unit.block, len(item.sources)) if item.prompt_maps else None
     origins = [(ty, tx) for ty in unit.ys for tx in unit.xs]
-    for start in range(0, len(origins), item.batch_size):
-        batch = origins[start:start + item.batch_size]
-        cuts = [(slice(ty - y0, ty - y0 + tg.tile_h), slice(tx - x0, tx - x0 + tg.tile_w)) for ty, tx in batch]
-        with clock("model"):
-            tiles = [np.stack([a[c] for c in cuts]) for a in arrays]
-            tile_masks = [np.stack([m[c] for c in cuts]) for m in masks]
-            fused, shares = reduce_sources(fuser, item.task, tiles, tile_masks, item.prompt_maps)
-        with clock("blend"):
-            for i, ((ty, tx), cut) in enumerate(zip(batch, cuts)):
+    batches = []
+    with clock("model"):
+        for start in range(0, len(origins), item.batch_size):
+            batch = origins[start:start + item.batch_size]
+            cuts = [(slice(ty - inputs.y0, ty - inputs.y0 + tg.tile_h), slice(tx - inputs.x0, tx - inputs.x0 + tg.tile_w)) for ty, tx in batch]
+            tiles = [np.stack([a[c] for c in cuts]) for a in inputs.arrays]
+            tile_masks = [np.stack([m[c] for c in cuts]) for m in inputs.masks]
+            batches.append((batch, *reduce_sources(fuser, item.task, tiles, tile_masks, item.prompt_maps)))
+    return ModelTiles(batches, clock.totals)
+
+
+def blend_tiles(unit: Unit, item: ItemPlan, stretches: list[Stretch], inputs: Inputs, tiles: ModelTiles) -> FusedBlock:
+    """Blend the fused tiles into the unit's block (window normalised by the summed weights) and
+    convert it to the output dtype."""
+    clock = Clock()
+    tg = item.tiles
+    with clock("blend"):
+        out_valid = np.logical_or.reduce(inputs.masks) if item.valid_rule == "union" else np.logical_and.reduce(inputs.masks)
+        window = blend_window(tg.tile_h, tg.tile_w, tg.overlap, item.window)
+        acc = BlockAccumulator(unit.block, item.out_channels)
+        share_acc = BlockAccumulator(unit.block, len(item.sources)) if item.prompt_maps else None
+        for batch, fused, shares in tiles.batches:
+            for i, (ty, tx) in enumerate(batch):
+                cut = (slice(ty - inputs.y0, ty - inputs.y0 + tg.tile_h), slice(tx - inputs.x0, tx - inputs.x0 + tg.tile_w))
                 acc.add(fused[i], ty, tx, window, out_valid[cut])
                 if share_acc is not None:
                     share_acc.add(shares[i], ty, tx, window, out_valid[cut])
-    with clock("blend"):
         values, covered = acc.result()  # float32: the fused image at the model's precision
         out = radiometry.to_output(values, covered, stretches[item.reference], np.dtype(item.output_dtype), item.scale, item.output_nodata)
         prompts = None
@@ -193,7 +210,13 @@ def fuse_block(unit: Unit, item: ItemPlan, stretches: list[Stretch], inputs: Inp
             share_values, _ = share_acc.result()
             prompts = np.ascontiguousarray(share_values.transpose(2, 0, 1))
             prompts[:, ~covered] = np.nan
-    return FusedBlock(out, prompts, {**clock.totals, "tiles": len(origins), "pixels": unit.block.pixels})
+    tile_count = sum(len(batch) for batch, _, _ in tiles.batches)
+    return FusedBlock(out, prompts, {**tiles.timings, **clock.totals, "tiles": tile_count, "pixels": unit.block.pixels})
+
+
+def fuse_block(unit: Unit, item: ItemPlan, stretches: list[Stretch], inputs: Inputs, fuser: Fuser) -> FusedBlock:
+    """The unit's block from its inputs: tiles -> model -> blend -> output dtype (arrays in, arrays out)."""
+    return blend_tiles(unit, item, stretches, inputs, run_model(unit, item, inputs, fuser))
 
 
 # ----------------------------------------------------------------------------- write

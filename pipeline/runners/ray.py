@@ -99,7 +99,7 @@ def _remote_functions():
 class FusionWorker:
     """A Ray actor (threaded, `DEPTH` calls at a time) holding one model. Each stage of a unit
     takes its own lock: reading (the reader cache is this worker's, used by one thread at a
-    time), the model, writing."""
+    time), the model (tiles in, fused tiles out), blending and writing."""
 
     def __init__(self, model: ModelSpec | None, placement: Placement, threads: int | None,
                  fuser_factory: Callable[[], Any] | None = None):
@@ -131,7 +131,7 @@ class FusionWorker:
 
     def run(self, unit: Unit, item: ItemPlan, radiometry: str, store: str) -> dict:
         """Read, fuse, write one unit; returns the block's checksum (read back) and timings."""
-        from pipeline.unit import fuse_block, read_inputs, write_block
+        from pipeline.unit import blend_tiles, read_inputs, run_model, write_block
 
         start = time.perf_counter()
         self.first_start = self.first_start or start
@@ -139,8 +139,9 @@ class FusionWorker:
         with self._stage("read"):
             inputs = read_inputs(unit, item, stretches, self.readers)
         with self._stage("model"):
-            block = fuse_block(unit, item, stretches, inputs, self.fuser)
-        with self._stage("write"):
+            tiles = run_model(unit, item, inputs, self.fuser)
+        with self._stage("write"):  # blending is CPU work: off the model's stage
+            block = blend_tiles(unit, item, stretches, inputs, tiles)
             write_start = time.perf_counter()
             checksum = write_block(pathlib.Path(store), unit, block)
             write_s = time.perf_counter() - write_start
