@@ -201,7 +201,9 @@ def plan_workers(workers: int | None, device: str) -> tuple[int, int, int | None
     if device not in ("auto", "cpu"):
         raise ValueError(f"model.device {device!r}: the Ray cluster has no GPU")
     count = workers or 1
-    return count, 0, max(cpus // count, 1)
+    if count > cpus:  # an actor asking for a CPU the cluster lacks waits for ever
+        raise ValueError(f"--workers {count}: the Ray cluster has {cpus} CPU(s); at most one CPU model worker per CPU")
+    return count, 0, cpus // count
 
 
 def run_job(
