@@ -17,8 +17,8 @@ same model:
    GPU tile rate (measured when this machine has a GPU, else the stated --gpu-tiles-per-s), with
    every assumption printed.
 
-Equal threads per model keep in-process and Ray comparable: --local gets all cores, one Ray worker
-gets all cores, two workers get half each.
+Equal threads per model keep in-process and Ray comparable (--threads, default 1, for the
+in-process model and for each Ray worker's).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def run_local(root: pathlib.Path, args) -> dict:
     from pipeline.runners.local import run_job
     from pipeline.spec import parse_job
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
     job = parse_job(job_document(root, "local", args), base=root)
     start = time.perf_counter()
     summary = run_job(job, progress=False)
@@ -113,7 +113,7 @@ def run_ray(root: pathlib.Path, args, workers: int) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     start = time.time()
     sampler.start()
-    summary = run_job(job, workers=workers, progress=False, pool=pool)
+    summary = run_job(job, workers=workers, progress=False, pool=pool, threads=args.threads)
     done.set()
     sampler.join()
     wall = time.time() - start
@@ -180,6 +180,9 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=112)
     parser.add_argument("--block", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per model, in-process and per Ray worker (on a shared, loaded machine one "
+                             "thread avoids OpenMP threads waiting for each other; it also leaves a core for reading and writing)")
     parser.add_argument("--reps", type=int, default=2, help="in-process and 1-worker runs, alternated; the fastest of each counts")
     parser.add_argument("--workdir", default="/tmp/tcmoa-bench-distributed")
     parser.add_argument("--gpu-tiles-per-s", type=float, default=40.0,

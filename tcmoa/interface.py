@@ -64,6 +64,11 @@ class Placement:
 
         return resolve_placement(device, precision)
 
+    @classmethod
+    def of(cls, fuser: "Fuser") -> "Placement":
+        """Where a fuser already built runs (stand-ins and baselines: the CPU in fp32)."""
+        return cls(getattr(getattr(fuser, "device", None), "type", "cpu"), getattr(fuser, "precision", "fp32"))
+
 
 @dataclass(frozen=True)
 class ModelInfo:

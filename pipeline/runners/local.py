@@ -38,29 +38,20 @@ def run_job(
     if retry_failed:
         options = Options(retry_failed=True, only=options.only)
     if fuser is None:
+        from tcmoa.inference import model_info
+
         placement = Placement.resolve(job.model.device, job.model.precision, job.model.weights)
-        fuser = load_model_fuser(job.model, placement)
-        model = _model_info(job.model.weights)
+        model = model_info(job.model.weights)  # planning needs the metadata only
     else:
-        placement = _placement_of(fuser)
-        model = ModelInfo.of(fuser, job.model.weights)
+        placement, model = Placement.of(fuser), ModelInfo.of(fuser, job.model.weights)
     session = Session(job, model, placement, options, runner="local", workers=1, progress=progress, report=report,
                       source=source)
     with session.open(), ReaderCache() as readers:
+        if session.work.to_run and fuser is None:  # loaded only when there is work for it
+            fuser = load_model_fuser(job.model, placement)
         for work in session.work.to_run:
             _run_item(session, work, fuser, readers)
     return session.summary
-
-
-def _model_info(weights: str) -> ModelInfo:
-    from tcmoa.inference import model_info
-
-    return model_info(weights)
-
-
-def _placement_of(fuser: Fuser) -> Placement:
-    device = getattr(getattr(fuser, "device", None), "type", "cpu")
-    return Placement(device, getattr(fuser, "precision", "fp32"))
 
 
 def _run_item(session: Session, work: ItemWork, fuser: Fuser, readers: ReaderCache) -> None:

@@ -108,10 +108,8 @@ class FusionWorker:
         from pipeline.unit import ReaderCache
 
         runtime.tune_allocator()
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+        self.threads = threads
+        self._set_threads()
         self.fuser = fuser_factory() if fuser_factory is not None else load_model_fuser(model, placement)
         self.readers = ReaderCache()
         self.locks = {stage: threading.Lock() for stage in ("read", "model", "write")}
@@ -119,6 +117,14 @@ class FusionWorker:
         self.first_start: float | None = None
         self.last_end = 0.0
         self.units = 0
+
+    def _set_threads(self) -> None:
+        """CPU threads for the model, set in the thread that calls it: the actor's calls run on
+        its own threads, and OpenMP's thread count is a per-thread setting."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -139,6 +145,7 @@ class FusionWorker:
         with self._stage("read"):
             inputs = read_inputs(unit, item, stretches, self.readers)
         with self._stage("model"):
+            self._set_threads()
             tiles = run_model(unit, item, inputs, self.fuser)
         with self._stage("write"):  # blending is CPU work: off the model's stage
             block = blend_tiles(unit, item, stretches, inputs, tiles)
@@ -187,8 +194,9 @@ class Pool:
     threads: int | None = None
 
 
-def plan_workers(workers: int | None, device: str) -> tuple[int, int, int | None]:
-    """(workers, GPUs per worker, CPU threads per worker) from the cluster's resources."""
+def plan_workers(workers: int | None, device: str, threads: int | None = None) -> tuple[int, int, int | None]:
+    """(workers, GPUs per worker, CPU threads per worker) from the cluster's resources; `threads`
+    caps the CPU threads of a CPU worker (default: the cluster's CPUs shared out)."""
     import ray
 
     resources = ray.cluster_resources()
@@ -203,13 +211,14 @@ def plan_workers(workers: int | None, device: str) -> tuple[int, int, int | None
     count = workers or 1
     if count > cpus:  # an actor asking for a CPU the cluster lacks waits for ever
         raise ValueError(f"--workers {count}: the Ray cluster has {cpus} CPU(s); at most one CPU model worker per CPU")
-    return count, 0, cpus // count
+    return count, 0, min(cpus // count, threads or cpus)
 
 
 def run_job(
     job: JobSpec, *, workers: int | None = None, address: str | None = None, options: Options = Options(),
     progress: bool = True, report: Callable[[str], None] | None = None,
     fuser_factory: Callable[[], Any] | None = None, pool: Pool | None = None, source: dict | None = None,
+    threads: int | None = None,
 ) -> RunSummary:
     """Run what the schedule leaves to do on Ray model workers. `fuser_factory` (tests, benches):
     a picklable callable building the fuser on each worker instead of loading the job's model."""
@@ -217,11 +226,11 @@ def run_job(
 
     with ray_session(address):
         remote = _remote_functions()
-        count, gpus, threads = plan_workers(workers, job.model.device)
+        count, gpus, threads = plan_workers(workers, job.model.device, threads)
         if fuser_factory is not None:
             sample = fuser_factory()
             model = ModelInfo.of(sample, job.model.weights)
-            placement = Placement(getattr(getattr(sample, "device", None), "type", "cpu"), getattr(sample, "precision", "fp32"))
+            placement = Placement.of(sample)
         else:
             from tcmoa.inference import model_info
 
