@@ -114,9 +114,9 @@ def output_paths(item: ItemPlan) -> dict[str, pathlib.Path]:
 
 
 def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches: list[Stretch]) -> dict[str, dict]:
-    """Export the files of a finished item, write its STAC Item, move its store into the outputs
-    (or delete it when Zarr is not an output). Returns the assets with their checksums. On failure
-    everything this call wrote is removed again and the work store stays for a retry."""
+    """Export the files of a finished item and write its STAC Item (the Zarr asset's checksum is
+    of the work store, which `place_store` then renames into place). Returns the assets with their
+    checksums. On failure everything this call wrote is removed again."""
     store = store_path(work_dir, item)
     paths = output_paths(item)
     for path in paths.values():
@@ -149,17 +149,23 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
                              paths["stac"])
             tmp.write_text(json.dumps(stac, indent=2))
         written.append(paths["stac"])
-        if "zarr" in paths:
-            writers.move_into_place(store, paths["zarr"])
-        else:
-            writers.remove(store)
     except Exception:
         for path in written:
             writers.remove(path)
         raise
     assets["stac"] = {"path": str(paths["stac"]), "format": "stac", "sha256": writers.sha256_file(paths["stac"])}
-    remove_store(work_dir, item)
     return assets
+
+
+def place_store(work_dir: pathlib.Path, item: ItemPlan) -> None:
+    """The last step of an item, made by the driver right before it records the item done: the
+    work store becomes the Zarr output (a rename), or is deleted when Zarr is not an output. Until
+    then a driver lost after the export keeps the store, and a resume only exports again."""
+    store = store_path(work_dir, item)
+    paths = output_paths(item)
+    if "zarr" in paths:
+        writers.move_into_place(store, paths["zarr"])
+    remove_store(work_dir, item)
 
 
 def stretches_to_json(stretches: list[Stretch]) -> str:

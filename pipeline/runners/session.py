@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from pipeline.items import store_matches, store_path
+from pipeline.items import place_store, store_matches, store_path
 from pipeline.manifest import RunDir, canonical_json, now
 from pipeline.plan import ItemPlan, Plan, infos_from_json, infos_to_json, plan_job, source_identity
 from pipeline.schedule import Observed, Options, Work, schedule
@@ -202,6 +202,11 @@ class Session:
         self.fail(item, "unit", fields["error"], units_left)
 
     def exported(self, item: ItemPlan, assets: dict, started) -> None:
+        """The item's files are written: put its store in place, then record it done."""
+        try:
+            place_store(self.work_dir, item)
+        except OSError as exc:
+            return self.export_failed(item, exc, started)
         self.add(self.record("item", item.finalize_id, item, "done", started, checksum=assets["stac"]["sha256"],
                              info=canonical_json({"assets": assets})), flush=True)
         self.summary.items_done += 1
