@@ -204,3 +204,18 @@ def test_driver_killed_mid_run_then_resume_runs_only_the_unfinished_units(tmp_pa
     _no_temporaries(tmp_path)
     for scene in ("s1", "s2", "s3"):
         assert (tmp_path / "out" / f"{scene}.tif").exists()
+
+
+def test_an_item_that_fails_is_recorded_and_the_others_finish(tmp_path):
+    """A damaged input (its tiles cut off after the header) fails its item in a Ray task; the
+    error is recorded with the file named, and the other item is done."""
+    _archive(tmp_path)
+    damaged = tmp_path / "s2_b.tif"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 2 // 3])
+    job = parse_job(pair_job(tmp_path), base=tmp_path)
+    summary = ray_runner.run_job(job, workers=2, progress=False, fuser_factory=ContextFuser)
+    assert summary.items_done == 1 and [f["item_id"] for f in summary.failures] == ["s2"]
+    assert "s2_b.tif" in summary.failures[0]["error"]
+    failed = [r for r in RunDir(tmp_path / "run").records().to_pylist() if r["status"] == "failed"]
+    assert failed and all(r["item_id"] == "s2" and r["traceback"] for r in failed)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.stac.json", "s1.tif", "s1.zarr"]
