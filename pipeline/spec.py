@@ -26,6 +26,7 @@ OUTPUT_SCALES = ("reference", "full")
 VALID_RULES = ("union", "intersection")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")  # model.weights names a file (a path) with these
 
 
 class SpecError(ValueError):
@@ -388,8 +389,13 @@ def _missing(f: _Fields, key: str, default: Any) -> Any:
     return default
 
 
-def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: pathlib.Path | None = None) -> JobSpec:
-    """Validate a parsed job document; raise SpecError listing every problem."""
+def parse_job(
+    document: Mapping, *, path: pathlib.Path | None = None, base: pathlib.Path | None = None, check_files: bool = True,
+) -> JobSpec:
+    """Validate a parsed job document; raise SpecError listing every problem.
+
+    check_files=False skips checking that a weights file exists: for a job validated on one
+    machine and run on another that mounts the file (`tcmoa submit`; the run checks it there)."""
     base = (base or (path.parent if path else pathlib.Path.cwd())).resolve()
     problems: list[str] = []
     top = _Fields(document, "", problems)
@@ -447,9 +453,9 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
     )
     mf.done()
     weights_path = _path(base, model.weights)
-    if weights_path.suffix in (".safetensors", ".pt", ".pth"):
+    if weights_path.suffix in WEIGHTS_SUFFIXES:
         model = ModelSpec(**{**model.__dict__, "weights": str(weights_path)})
-        if not weights_path.exists():
+        if check_files and not weights_path.exists():
             mf.fail(f"weights file {weights_path} does not exist", "weights")
 
     lf = _Fields(top.raw("limits", {}), "limits", problems)
@@ -472,7 +478,7 @@ def parse_job(document: Mapping, *, path: pathlib.Path | None = None, base: path
     )
 
 
-def load_job(path: str | pathlib.Path) -> JobSpec:
+def load_job(path: str | pathlib.Path, *, check_files: bool = True) -> JobSpec:
     path = pathlib.Path(path)
     try:
         text = path.read_text()
@@ -484,4 +490,43 @@ def load_job(path: str | pathlib.Path) -> JobSpec:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, Mapping):
         raise SpecError(f"{path}: a job file must be a YAML mapping, got {type(document).__name__}")
-    return parse_job(document, path=path)
+    return parse_job(document, path=path, check_files=check_files)
+
+
+def absolute_paths(document: Mapping, base: pathlib.Path) -> dict:
+    """The job document with every path made absolute against `base`, and the defaults that
+    depend on the job file's folder (run_dir, discover.root) written out: the result means the
+    same job wherever the file is moved (a cluster submission ships a copy of it)."""
+    base = base.resolve()
+    doc = {**document}
+
+    def absolute(mapping: Any, key: str, default: str | None = None) -> Any:
+        if not isinstance(mapping, Mapping):
+            return mapping
+        mapping = dict(mapping)
+        value = mapping.get(key, default)
+        if isinstance(value, str) and value.strip():
+            mapping[key] = str(_path(base, value))
+        return mapping
+
+    name = doc.get("name") if isinstance(doc.get("name"), str) else "job"
+    doc = absolute(doc, "run_dir", f"runs/{name}")
+    if "output" in doc:
+        doc["output"] = absolute(doc["output"], "dir")
+    if "discover" in doc:
+        doc["discover"] = absolute(absolute(doc["discover"], "root", "."), "file")
+    if isinstance(doc.get("collections"), list):
+        collections = []
+        for raw in doc["collections"]:
+            if isinstance(raw, Mapping):
+                raw = dict(raw)
+                if "discover" in raw:
+                    raw["discover"] = absolute(absolute(raw["discover"], "root", "."), "file")
+                if "output" in raw:
+                    raw["output"] = absolute(raw["output"], "dir")
+            collections.append(raw)
+        doc["collections"] = collections
+    model = doc.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("weights"), str) and pathlib.Path(model["weights"]).suffix in WEIGHTS_SUFFIXES:
+        doc["model"] = absolute(model, "weights")
+    return doc

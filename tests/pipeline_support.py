@@ -170,3 +170,42 @@ def slow_average(delay: float):
             return super().fuse_batch(a, b, task, return_prompts=return_prompts)
 
     return SlowAverage()
+
+
+def output_pixels(outputs: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every output under a run's outputs folder as arrays, keyed by relative path (and Zarr array
+    name): PNG through Pillow, GeoTIFF/TIFF through rasterio, each array of each Zarr store."""
+    import rasterio
+    import zarr
+    from PIL import Image
+
+    pixels: dict[str, np.ndarray] = {}
+    for path in sorted(outputs.rglob("*")):
+        key = str(path.relative_to(outputs))
+        if path.suffix == ".zarr" and path.is_dir():
+            for name, array in zarr.open_group(path, mode="r").arrays():
+                pixels[f"{key}/{name}"] = array[...]
+        elif ".zarr" in key:
+            continue
+        elif path.suffix == ".png":
+            pixels[key] = np.asarray(Image.open(path))
+        elif path.suffix in (".tif", ".tiff"):
+            with rasterio.open(path) as ds:
+                pixels[key] = ds.read()
+    return pixels
+
+
+def write_fast_demo_job(jobs_dir: pathlib.Path, name: str = "demo", **overrides: Any) -> pathlib.Path:
+    """jobs/demo.yaml written into jobs_dir (beside a `samples/` folder, as in the repository) with
+    a fast baseline fuser instead of the model, and top-level overrides (e.g. run_dir)."""
+    import yaml
+
+    document = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml").read_text())
+    document["model"]["weights"] = "baseline:average"
+    for collection in document["collections"]:
+        collection["output"]["prompt_maps"] = False  # the baseline has no prompts
+    document.update(overrides)
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    path = jobs_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path

@@ -17,9 +17,7 @@ from pipeline.runners.local import run_job
 from pipeline.manifest import RunDir, RunDirError
 from pipeline.spec import parse_job
 from pipeline.status import run_status
-from pipeline_support import ContextFuser, SourceAFuser, pair_job, plan_with, random_raster, write_geotiff
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from pipeline_support import ContextFuser, SourceAFuser, pair_job, plan_with, random_raster, write_fast_demo_job, write_geotiff
 
 
 def _archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230)) -> None:
@@ -156,12 +154,7 @@ def test_samples_and_the_demo_job(tmp_path):
     """`tcmoa samples` + jobs/demo.yaml (with a fast baseline fuser instead of the model)."""
     result = _invoke("samples", tmp_path / "samples", "--quiet")
     assert result.exit_code == 0 and (tmp_path / "samples" / "geo" / "scene1_optical.tif").exists()
-    document = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text())
-    document["model"]["weights"] = "baseline:average"
-    for collection in document["collections"]:
-        collection["output"]["prompt_maps"] = False  # the baseline has no prompts
-    (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / "demo.yaml").write_text(yaml.safe_dump(document))
+    write_fast_demo_job(tmp_path / "jobs")
 
     dry = _invoke("run", tmp_path / "jobs" / "demo.yaml", "--dry-run", "--json")
     assert dry.exit_code == 0, dry.output
