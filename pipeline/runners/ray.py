@@ -70,13 +70,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _remote_functions():
-    """Ray's remote wrappers, made on first use (importing this module does not import Ray)."""
+def _remote_functions() -> dict:
+    """Ray's remote wrappers, made per run (importing this module does not import Ray, and a
+    wrapper made under one Ray session is not reused under the next one in the same process)."""
     import ray
-
-    global _REMOTE
-    if "_REMOTE" in globals():
-        return _REMOTE
 
     @ray.remote(num_cpus=0, max_retries=RETRIES)
     def resolve_placement(device: str, precision: str, weights: str) -> Placement:
@@ -90,9 +87,8 @@ def _remote_functions():
     def export_task(run: RunInfo, item: ItemPlan, work_dir: str, radiometry: str) -> dict:
         return export_item(run, item, pathlib.Path(work_dir), stretches_from_json(radiometry))
 
-    _REMOTE = {"placement": resolve_placement, "prepare": prepare_task, "export": export_task,
-               "worker": ray.remote(FusionWorker)}
-    return _REMOTE
+    return {"placement": resolve_placement, "prepare": prepare_task, "export": export_task,
+            "worker": ray.remote(FusionWorker)}
 
 
 # ----------------------------------------------------------------------------- a model worker
