@@ -68,6 +68,21 @@ def write_pair(root: pathlib.Path, size: int) -> None:
             ds.write(data.astype(np.uint16))
 
 
+def pair_job(root: pathlib.Path, run: str, *, tile: int, overlap: int, block: int, weights: str, batch_size: int,
+             chunk: int = 512):
+    """The job fusing the pair `write_pair` wrote, run in root/run (outputs in root/run/out)."""
+    from pipeline.spec import parse_job
+
+    return parse_job({
+        "name": "overhead", "task": "vif", "discover": {"type": "glob", "root": str(root)},
+        "sources": [{"role": "optical", "pattern": "{s}_optical.tif"}, {"role": "thermal", "pattern": "{s}_thermal.tif"}],
+        "tiling": {"tile": tile, "overlap": overlap, "block": block},
+        "model": {"weights": weights, "batch_size": batch_size},
+        "output": {"formats": ["zarr", "cog"], "dir": str(root / run / "out"), "chunk": chunk},
+        "run_dir": str(root / run),
+    }, base=root)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2016)
@@ -79,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.runners.local import load_model_fuser, run_job
-    from pipeline.spec import ModelSpec, parse_job
+    from pipeline.spec import ModelSpec
 
     fuser = load_model_fuser(ModelSpec(weights=args.weights, batch_size=args.batch_size))
     root = pathlib.Path(tempfile.mkdtemp(prefix="tcmoa-overhead-"))
@@ -87,14 +102,8 @@ def main() -> None:
         write_pair(root, args.size)
 
         def job(run: str):
-            return parse_job({
-                "name": "overhead", "task": "vif", "discover": {"type": "glob", "root": str(root)},
-                "sources": [{"role": "optical", "pattern": "{s}_optical.tif"}, {"role": "thermal", "pattern": "{s}_thermal.tif"}],
-                "tiling": {"tile": args.tile, "overlap": args.overlap, "block": 4096},
-                "model": {"weights": args.weights, "batch_size": args.batch_size},
-                "output": {"formats": ["zarr", "cog"], "dir": str(root / run / "out")},
-                "run_dir": str(root / run),
-            }, base=root)
+            return pair_job(root, run, tile=args.tile, overlap=args.overlap, block=4096, weights=args.weights,
+                            batch_size=args.batch_size)
 
         recorder = RecordingFuser(fuser)
         first = run_job(job("record"), fuser=recorder, progress=False)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import json
 import pathlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from pipeline.spec import CollectionSpec, SourceSpec
@@ -45,7 +47,16 @@ def natural_key(text: str) -> list:
 
 
 def _safe_id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "item"
+    """An item id that is safe as a file name and keeps names readable: letters and digits of any
+    script are kept (NFC-normalised); where anything else had to change (spaces, slashes, a leading
+    dot, another normalisation form), a short hash of the original name is appended after '~', a
+    character no unchanged id contains, so two different names never share an id."""
+    if not text:
+        return "item"
+    safe = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("_").lstrip(".")
+    if safe == text and safe:
+        return safe
+    return f"{safe or 'item'}~{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:

@@ -7,12 +7,10 @@ benchmark tables (e.g. 'Variance' for SD under `vifb`), canonical names otherwis
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import multiprocessing
 import os
 import pathlib
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -22,6 +20,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import runtime
+from pipeline.fsio import atomic_path
 from tcmoa.metrics import REGISTRY, canonical_name, evaluate, get_convention, resolve_metrics
 from tcmoa.metrics.registry import Convention
 
@@ -95,31 +94,15 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(np.asarray(img, dtype=np.float64) * 255 + 0.5), 0, 255).astype(np.uint8)
 
 
-@contextlib.contextmanager
-def atomic_path(path: pathlib.Path):
-    """Yield a temporary name beside `path`; rename it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-
-
 def write_image_atomic(path: pathlib.Path, img: np.ndarray) -> None:
     """Save a uint8 HxW or HxWxC image as PNG, atomically."""
     arr = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
-    with atomic_path(path) as tmp:
+    with atomic_path(path, suffix=path.suffix) as tmp:  # writers go by the extension
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def write_table_atomic(df: pd.DataFrame, path: pathlib.Path, fmt: str) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, suffix=path.suffix) as tmp:  # writers go by the extension
         if fmt == "csv":
             df.to_csv(tmp, index=False)
         elif fmt == "parquet":
@@ -351,7 +334,7 @@ def plot_chart(means: pd.DataFrame, conv: Convention, path: pathlib.Path, title:
     fig.suptitle(title or f"mean over images, preset {conv.name}", fontsize=10)
     fig.tight_layout()
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, suffix=path.suffix) as tmp:  # writers go by the extension
             fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)

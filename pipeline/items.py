@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from pipeline import radiometry, writers
+from pipeline import fsio, output_safety, radiometry, verify, writers
 from pipeline.manifest import canonical_json, stac_item
 from pipeline.plan import ItemPlan, RunInfo
 from pipeline.radiometry import Stretch
@@ -30,7 +30,7 @@ def store_path(work_dir: pathlib.Path, item: ItemPlan) -> pathlib.Path:
 def remove_store(work_dir: pathlib.Path, item: ItemPlan) -> None:
     """Delete the item's work store (if still there) and the folders it leaves empty."""
     store = store_path(work_dir, item)
-    writers.remove(store)
+    fsio.remove(store)
     for folder in (store.parent, pathlib.Path(work_dir)):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty
@@ -79,12 +79,13 @@ def provenance(run: RunInfo, item: ItemPlan, stretches: list[Stretch]) -> dict:
     }
 
 
-def prepare_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path) -> list[Stretch]:
+def prepare_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path) -> str:
     """Compute the item's radiometry and create its work store afresh (arrays, coordinates,
-    attributes, all before any unit writes). Returns the stretches, one per source."""
-    writers.check_writable(pathlib.Path(item.output_base).parent)
+    attributes, all before any unit writes). Returns what its prepare record keeps (JSON): the
+    stretches, one per source, and the checksum of what no block writes in the store."""
+    fsio.check_writable(pathlib.Path(item.output_base).parent)
     store = store_path(work_dir, item)
-    writers.remove_stale_temporaries(store)
+    fsio.remove_stale_temporaries(store)
     stretches = compute_stretches(item)
     attributes = {
         STORE_ID_ATTR: item.prepare_id,
@@ -92,12 +93,12 @@ def prepare_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path) -> list[S
         "provenance": json.loads(canonical_json(provenance(run, item, stretches))),
     }
     prompt_names = [f"share:{role}" for role in item.roles] if item.prompt_maps else None
-    with writers.atomic_path(store) as tmp:
+    with fsio.atomic_path(store, replace_dir=True) as tmp:  # the work store is the run's own
         writers.create_store(
             tmp, grid=item.grid, channels=item.out_channels, dtype=np.dtype(item.output_dtype), nodata=item.output_nodata,
             chunk=item.chunk, band_names=list(item.band_names), prompt_names=prompt_names, attributes=attributes,
         )
-    return stretches
+    return canonical_json({"radiometry": [s.to_dict() for s in stretches], "store": verify.store_static_digest(store)})
 
 
 # ----------------------------------------------------------------------------- export
@@ -113,14 +114,26 @@ def output_paths(item: ItemPlan) -> dict[str, pathlib.Path]:
     return paths
 
 
-def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches: list[Stretch]) -> dict[str, dict]:
+OUTPUT_KINDS = {"zarr": "zarr store"}  # every other output is a file
+
+
+def check_item_outputs(run: RunInfo, item: ItemPlan, owned: set[str]) -> dict[str, pathlib.Path]:
+    """The item's output paths, after refusing (OutputRefused) any that holds something this run
+    did not create, unless the job says overwrite (and then only a thing of the same kind)."""
+    paths = output_paths(item)
+    for fmt, path in paths.items():
+        output_safety.check_output(path, OUTPUT_KINDS.get(fmt, "file"), owned=owned, overwrite=run.overwrite)
+    return paths
+
+
+def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches: list[Stretch],
+                owned: set[str] = frozenset()) -> dict[str, dict]:
     """Export the files of a finished item and write its STAC Item (the Zarr asset's checksum is
     of the work store, which `place_store` then renames into place). Returns the assets with their
-    checksums. On failure everything this call wrote is removed again."""
+    checksums and sizes. `owned`: output paths this run created (they may be replaced). On failure
+    everything this call wrote is removed again."""
     store = store_path(work_dir, item)
-    paths = output_paths(item)
-    for path in paths.values():
-        writers.remove_stale_temporaries(path)
+    paths = check_item_outputs(run, item, owned)
     tags = {
         "TCMOA_JOB": run.job_name, "TCMOA_ITEM": item.key, "TCMOA_TASK": json.dumps(item.task),
         "TCMOA_PROVENANCE": canonical_json(provenance(run, item, stretches)),
@@ -142,8 +155,9 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
                 continue
             source = store if fmt == "zarr" else path
             assets[fmt] = {"path": str(path), "format": "cog" if fmt == "prompts" and "cog" in item.formats else ("tiff" if fmt == "prompts" else fmt),
-                           "sha256": writers.sha256_output(source), "roles": ["data"] if fmt != "prompts" else ["metadata"]}
-        with writers.atomic_path(paths["stac"]) as tmp:
+                           "sha256": fsio.sha256_output(source), "size": fsio.output_size(source),
+                           "roles": ["data"] if fmt != "prompts" else ["metadata"]}
+        with fsio.atomic_path(paths["stac"]) as tmp:
             stac = stac_item(item.item_id, item.collection, item.grid, assets,
                              {"tcmoa:job": run.job_name, "tcmoa:task": item.task, "tcmoa:fuser": run.model_key.get("fuser", "")},
                              paths["stac"])
@@ -151,9 +165,10 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
         written.append(paths["stac"])
     except Exception:
         for path in written:
-            writers.remove(path)
+            fsio.remove(path)
         raise
-    assets["stac"] = {"path": str(paths["stac"]), "format": "stac", "sha256": writers.sha256_file(paths["stac"])}
+    assets["stac"] = {"path": str(paths["stac"]), "format": "stac", "sha256": fsio.sha256_file(paths["stac"]),
+                      "size": paths["stac"].stat().st_size}
     return assets
 
 
@@ -163,15 +178,20 @@ def place_store(work_dir: pathlib.Path, item: ItemPlan) -> None:
     then a driver lost after the export keeps the store, and a resume only exports again."""
     store = store_path(work_dir, item)
     paths = output_paths(item)
-    if "zarr" in paths:
-        writers.move_into_place(store, paths["zarr"])
+    if "zarr" in paths:  # checked by the export: nothing there, or a store this run made (or may overwrite)
+        fsio.move_into_place(store, paths["zarr"], replace_dir=True)
     remove_store(work_dir, item)
-
-
-def stretches_to_json(stretches: list[Stretch]) -> str:
-    return canonical_json({"radiometry": [s.to_dict() for s in stretches]})
 
 
 def stretches_from_json(info: str) -> list[Stretch]:
     return [Stretch.from_dict(s) for s in json.loads(info)["radiometry"]]
 
+
+
+def interrupted_temporaries(items, work_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Remove the temporaries a killed run left (half-written exports and stores) of these items."""
+    removed = []
+    for item in items:
+        for path in [*output_paths(item).values(), store_path(work_dir, item)]:
+            removed += fsio.remove_stale_temporaries(path)
+    return removed

@@ -26,7 +26,9 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.writers import atomic_path, json_safe
+from pipeline.errors import EXIT_BAD_JOB, EXIT_CANNOT_PROCEED
+from pipeline.fsio import atomic_path
+from pipeline.writers import json_safe
 
 STATUS_SCHEMA = pa.schema([
     ("kind", pa.string()),
@@ -47,7 +49,15 @@ STATUS_SCHEMA = pa.schema([
 
 
 class RunDirError(RuntimeError):
-    """The run directory cannot be used for this run (another job's, in use, ...)."""
+    """The run directory cannot be used for this job (another job's, already holds a run, ...)."""
+
+    exit_code = EXIT_BAD_JOB
+
+
+class RunDirUnusable(RunDirError):
+    """The run directory cannot be used at all: locked by another run, not a folder, not writable, damaged."""
+
+    exit_code = EXIT_CANNOT_PROCEED
 
 
 def canonical_json(value: Any) -> str:
@@ -79,22 +89,35 @@ class RunDir:
         self._lock_fh = None
         self.run_id = f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
+    def store_path(self, collection: str, item_id: str) -> pathlib.Path:
+        """Where an item's blocks are assembled before its export."""
+        return self.work_dir / collection / f"{item_id}.zarr"
+
     # ------------------------------------------------------------------ ownership
     def lock(self) -> None:
         """Hold the run directory for this process (released by unlock or at exit)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / ".lock", "a+")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirUnusable(f"{self.path}: run_dir is an existing file, not a folder: choose another run_dir")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path / ".lock", "a+")
+        except OSError as exc:
+            raise RunDirUnusable(f"{self.path}: cannot use as run directory: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise RunDirError(f"{self.path}: run directory is in use by another run ({holder})") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since {now():%Y-%m-%d %H:%M:%S} UTC")
-        fh.flush()
+            raise RunDirUnusable(f"{self.path}: run directory is in use by another run ({holder})") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} since {now():%Y-%m-%d %H:%M:%S} UTC")
+            fh.flush()
+        except OSError as exc:
+            fh.close()
+            raise RunDirUnusable(f"{self.path / '.lock'}: cannot write the lock file: {exc.strerror or exc}") from None
         self._lock_fh = fh
 
     def unlock(self) -> None:
@@ -112,7 +135,15 @@ class RunDir:
 
     def job_record(self) -> dict | None:
         path = self.path / "job.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON
+            raise RunDirUnusable(f"{path}: damaged job record ({exc}); restore it or use a new run_dir") from None
+        if not isinstance(record, dict) or "fingerprint" not in record:
+            raise RunDirUnusable(f"{path}: damaged job record (no fingerprint); restore it or use a new run_dir")
+        return record
 
     def claim(self, fingerprint: str, canonical_job: dict, job_name: str) -> None:
         """Bind the run directory to one job fingerprint; refuse another job with the differences."""
@@ -142,22 +173,24 @@ class RunDir:
 
     def read_table(self, name: str) -> pa.Table | None:
         path = self.path / name
-        return pq.read_table(path) if path.exists() else None
+        return _read_parquet(path) if path.exists() else None
 
-    def append(self, records: Iterable[dict]) -> None:
+    def append(self, records: Iterable[dict]) -> pathlib.Path | None:
+        """Write the records as a new status part (durably); returns its path."""
         rows = [{**{f.name: None for f in STATUS_SCHEMA}, "run_id": self.run_id, **r} for r in records]
         if not rows:
-            return
+            return None
         self.status_dir.mkdir(parents=True, exist_ok=True)
-        name = f"part-{now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}.parquet"
-        with atomic_path(self.status_dir / name) as tmp:
+        path = self.status_dir / f"part-{now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}.parquet"
+        with atomic_path(path) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=STATUS_SCHEMA), tmp)
+        return path
 
     def records(self) -> pa.Table:
         parts = sorted(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
         if not parts:
             return STATUS_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(p, schema=STATUS_SCHEMA) for p in parts])
+        return pa.concat_tables([_read_parquet(p, STATUS_SCHEMA) for p in parts])
 
     def latest(self) -> dict[tuple[str, str], dict]:
         """The last record per (kind, id), in the order they were appended."""
@@ -166,16 +199,28 @@ class RunDir:
             latest[(row["kind"], row["id"])] = row
         return latest
 
-    def compact(self) -> None:
-        """Merge the status parts into one file (the records are kept, in order)."""
-        parts = sorted(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
+    def compact(self, parts: list[pathlib.Path] | None = None) -> None:
+        """Merge the status parts (all, or the consecutive `parts` given) into one file; the records
+        are kept, in order."""
+        if parts is None:
+            parts = list(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
+        parts = sorted(parts)
         if len(parts) < 2:
             return
-        table = pa.concat_tables([pq.read_table(p, schema=STATUS_SCHEMA) for p in parts])
+        table = pa.concat_tables([_read_parquet(p, STATUS_SCHEMA) for p in parts])
         with atomic_path(parts[-1]) as tmp:  # the newest name keeps the merged records last in order
             pq.write_table(table, tmp)
         for part in parts[:-1]:
             part.unlink()
+
+
+def _read_parquet(path: pathlib.Path, schema: pa.Schema | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=schema)
+    except (OSError, pa.ArrowException) as exc:
+        raise RunDirUnusable(
+            f"{path}: damaged run-directory table ({str(exc).splitlines()[0]}); move it aside to redo what it recorded"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- STAC

@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline import radiometry
+from pipeline import output_safety, radiometry
 from pipeline.discover import DiscoveredItem, discover
+from pipeline.errors import JobError
 from pipeline.manifest import canonical_json, digest
 from pipeline.sources import Grid, SourceError, SourceInfo, SourceRef, check_overlap, expand_sources, inspect
 from pipeline.spec import CollectionSpec, JobSpec, ModelSpec
@@ -93,6 +94,7 @@ class RunInfo:
     model_key: dict
     model_config: dict
     tiling: dict
+    overwrite: bool = False  # outputs may replace what the run did not create (never inputs)
 
 
 @dataclass
@@ -114,7 +116,8 @@ class Plan:
 
     @property
     def run_info(self) -> RunInfo:
-        return RunInfo(self.job.name, self.fingerprint, self.model_key, self.model.config, dataclasses.asdict(self.job.tiling))
+        return RunInfo(self.job.name, self.fingerprint, self.model_key, self.model.config, dataclasses.asdict(self.job.tiling),
+                       self.job.overwrite)
 
 
 # ----------------------------------------------------------------------------- identities
@@ -274,7 +277,12 @@ def plan_job(
     notes: list[str] = []
     outputs_seen: dict[str, str] = {}
     inspected = 0
+    inputs: set[str] = set()  # every file any item reads: no output may land on one
     for collection in job.collections:
+        root = collection.discover.root
+        if collection.discover.type == "glob" and not root.is_dir():
+            raise JobError(f"collection {collection.name!r}: discover.root {root} "
+                           f"{'is not a folder' if root.exists() else 'does not exist'}")
         try:
             found_items = discover(collection)
         except (ValueError, OSError) as exc:
@@ -282,6 +290,7 @@ def plan_job(
             continue
         if not found_items:
             notes.append(f"collection {collection.name!r}: no items found ({collection.discover.type} discovery under {collection.discover.root})")
+        inputs.update(f for found in found_items for role in found.roles.values() for f in role.files)
         for found in found_items:
             if found.error:
                 failures.append({"collection": collection.name, "item_id": found.item_id, "error": found.error})
@@ -296,7 +305,15 @@ def plan_job(
             inspected += fresh
             outputs_seen[item.output_base] = item.key
             items.append(item)
-            units[item.key] = plan_units(item, job.tiling.block)
+    from pipeline.items import output_paths
+
+    for item in list(items):
+        collisions = output_safety.input_collisions(output_paths(item).values(), inputs)
+        if collisions:
+            items.remove(item)
+            failures.append({"collection": item.collection, "item_id": item.item_id, "error": "; ".join(collisions)})
+    for item in items:
+        units[item.key] = plan_units(item, job.tiling.block)
     return Plan(job, digest(canonical, 64), canonical, model_key, model, items, units, failures, notes, inspected)
 
 

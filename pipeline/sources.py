@@ -16,6 +16,8 @@ handles never travel between threads or processes.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import pathlib
 import warnings
@@ -24,24 +26,13 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.errors import one_line
 from pipeline.spec import NormaliseSpec
 
 PLANE_AXES = "ZITQ"
 CHANNEL_AXES = "CS"
 PHOTO_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _explain(exc: BaseException) -> str:
-    """The exception and its causes in one line (GDAL's detail is often in the cause)."""
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc).replace("See previous exception for details.", "").strip(" .")
-        if text and text not in parts:
-            parts.append(text)
-        exc = exc.__cause__ or exc.__context__
-    return ": ".join(reversed(parts)) or "unknown error"
 
 
 class SourceError(Exception):
@@ -102,9 +93,24 @@ class SourceInfo:
 
 
 # ----------------------------------------------------------------------------- detection
+def _missing_reason(path: pathlib.Path) -> str:
+    """Why `path` cannot be opened though it may be named in a folder: a link loop, a dangling link..."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself)"
+        if path.is_symlink():
+            return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        if exc.errno == errno.ENOENT:
+            return "file does not exist"
+        return f"cannot open ({exc.strerror})"
+    return "file does not exist"
+
+
 def _magic(path: pathlib.Path) -> bytes:
     if not path.exists():
-        raise SourceError(path, "file does not exist")
+        raise SourceError(path, _missing_reason(path))
     if path.is_dir():
         raise SourceError(path, "is a directory, not an image file")
     try:
@@ -127,16 +133,43 @@ def detect_kind(path: str | pathlib.Path) -> str:
     return "raster"
 
 
+class _TiffDamage(logging.Handler):
+    """Collects what tifffile logs (and then works around) about offsets past the end of the file."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "offset" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
 def _tiff_series(path: pathlib.Path):
     import tifffile
 
+    _magic(path)  # a missing file, a link loop, an empty file: said as such
+    damage = _TiffDamage()
+    log = logging.getLogger("tifffile")
+    log.addHandler(damage)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            size = path.stat().st_size
+            # a truncated file: tifffile drops the pages (and OME planes) it cannot reach and says so
+            # only in its log; image data past the end would read as garbage
+            beyond = any(o + c > size for page in tif.pages for o, c in zip(page.dataoffsets, page.databytecounts))
+            if damage.messages or beyond:
+                detail = damage.messages[-1] if damage.messages else "image data past the end of the file"
+                raise SourceError(path, f"truncated or damaged TIFF ({size:,} bytes; {detail})")
             # keep what we need after the file closes
             return _SeriesShape(series.axes, tuple(series.shape), np.dtype(series.dtype))
+    except SourceError:
+        raise
     except Exception as exc:  # tifffile raises many kinds on damaged files
         raise SourceError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    finally:
+        log.removeHandler(damage)
 
 
 @dataclass(frozen=True)
@@ -284,13 +317,41 @@ def _open_photo(path: str):
         raise SourceError(path, f"not an image Pillow can read ({type(exc).__name__}: {exc})") from None
 
 
+def _decoded_shape(shape: tuple[int, ...], orientation: int) -> tuple[int, int, int]:
+    """(height, width, channels) `_PhotoReader` will give for a TIFF page or PNG of this shape."""
+    if len(shape) == 3 and shape[0] in (1, 2, 3, 4) and shape[-1] not in (1, 2, 3, 4):
+        shape = (*shape[1:], shape[0])  # planar configuration
+    height, width = shape[:2]
+    channels = shape[2] if len(shape) == 3 else 1
+    if orientation in (5, 6, 7, 8):
+        height, width = width, height
+    return height, width, channels - 1 if channels in (2, 4) else channels  # alpha becomes the mask
+
+
+def _photo_header(path: pathlib.Path) -> tuple[int, int, int, np.dtype]:
+    """Height, width, channels and dtype of a TIFF photo or 16-bit colour PNG from its header alone:
+    nothing is decoded before limits.max_pixels is checked."""
+    if _magic(path)[:4] in TIFF_MAGIC:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                orientation = int(page.tags["Orientation"].value) if "Orientation" in page.tags else 1
+                shape, dtype = tuple(page.shape), np.dtype(page.dtype)
+        except Exception as exc:  # tifffile raises many kinds on damaged files
+            raise SourceError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+        return (*_decoded_shape(shape, orientation), dtype)
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return height, width, 3, np.dtype("uint16")  # colour type 2 (RGB) or 6 (RGBA, alpha as the mask)
+
+
 def _inspect_photo(ref: SourceRef) -> SourceInfo:
     path = ref.files[0]
     if _magic(pathlib.Path(path))[:4] in TIFF_MAGIC or _is_png16_colour(pathlib.Path(path)):
-        with _PhotoReader(ref) as reader:  # tifffile / GDAL: decode to learn channels and dtype
-            image = reader.image
-        height, width = image.shape[:2]
-        count, dtype = image.shape[2], image.dtype
+        height, width, count, dtype = _photo_header(pathlib.Path(path))
     else:
         with _open_photo(path) as im:
             width, height = im.size
@@ -396,7 +457,7 @@ class Reader:
         return valid
 
     def _fail(self, exc: Exception, file: str | None = None) -> SourceError:
-        return SourceError(file or self.ref.files[0], f"read failed ({_explain(exc)})")
+        return SourceError(file or self.ref.files[0], f"read failed ({one_line(exc)})")
 
 
 STRIP_BYTES = 32 << 20  # memory for one strip of a decimated read

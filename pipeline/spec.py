@@ -123,6 +123,7 @@ class JobSpec:
     max_pixels: int  # per item: guards against headers claiming enormous images
     path: pathlib.Path | None  # the job file
     document: dict = field(default_factory=dict, compare=False)  # the parsed YAML, for the record
+    overwrite: bool = False  # outputs may replace files (and zarr stores) the run did not create; never inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,6 +459,7 @@ def parse_job(
         if check_files and not weights_path.exists():
             mf.fail(f"weights file {weights_path} does not exist", "weights")
 
+    overwrite = top.bool("overwrite", False)
     lf = _Fields(top.raw("limits", {}), "limits", problems)
     max_pixels = lf.int("max_pixels", 2**32, minimum=1)
     lf.done()
@@ -475,15 +477,19 @@ def parse_job(
         max_pixels=max_pixels,
         path=path.resolve() if path else None,
         document=dict(document),
+        overwrite=overwrite,
     )
 
 
 def load_job(path: str | pathlib.Path, *, check_files: bool = True) -> JobSpec:
     path = pathlib.Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "save the job file as UTF-8") from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -1,9 +1,13 @@
-"""What a run directory says about its items: blocks done, status, failures (for `tcmoa status`)."""
+"""What a run directory says about its items: blocks done, status, failures (for `tcmoa status`).
+
+A done item whose outputs are missing or of another size than recorded shows as 'damaged' (the
+cheap check; `tcmoa verify` also compares checksums)."""
 from __future__ import annotations
 
 import pathlib
 
 from pipeline.manifest import RunDir
+from pipeline.verify import item_output_problems
 
 
 def run_status(path: str | pathlib.Path) -> dict:
@@ -31,7 +35,9 @@ def run_status(path: str | pathlib.Path) -> dict:
             state, error = "failed", row["error"]
             failures.append({"item": key, "kind": "plan", "error": row["error"], "traceback": None})
         elif finished:
-            state, error = "done", None
+            problems = item_output_problems(records[-1], checksum=False)
+            state, error = ("damaged", "; ".join(map(str, problems))) if problems else ("done", None)
+            failures += [{"item": key, "kind": "output", "error": str(problem), "traceback": None} for problem in problems]
         elif failed:
             state, error = "failed", failed[0]["error"]
             failures += [{"item": key, "kind": r["kind"], "error": r["error"], "traceback": r["traceback"]} for r in failed]

@@ -35,7 +35,7 @@ import yaml
 from ray.exceptions import AuthenticationError
 
 from pipeline.spec import JobSpec, absolute_paths, load_job
-from pipeline.writers import atomic_path
+from pipeline.fsio import atomic_path
 
 SUBMISSIONS_FILE = "submissions.json"
 STAGED_JOB_FILE = "job.yaml"

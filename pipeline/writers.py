@@ -10,22 +10,22 @@ whole.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import glob
 import hashlib
 import math
 import mmap
-import os
 import pathlib
-import shutil
 import struct
-import uuid
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+# atomic writes, removal and checksums live in fsio; these names stay importable from here for older callers
+from pipeline.fsio import (  # noqa: F401
+    atomic_path, check_writable, fsync_files, move_into_place, remove, remove_stale_temporaries, sha256_file,
+    sha256_output, temporary_sibling,
+)
+from pipeline.errors import one_line
 from pipeline.sources import Grid
 from pipeline.tiling import Block
 
@@ -34,97 +34,11 @@ PROMPTS = "prompt_share"
 GDAL_ENV = {"GDAL_PAM_ENABLED": "NO", "GDAL_CACHEMAX": 256, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
-# ----------------------------------------------------------------------------- files
-def temporary_sibling(path: pathlib.Path) -> pathlib.Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+class ExportError(OSError):
+    """An export that failed: names the store, the target files and GDAL's or the file system's reason."""
 
-
-def remove_stale_temporaries(path: pathlib.Path) -> None:
-    """Delete temporaries of `path` left by a process that was killed while writing it."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-            remove(stale)
-
-
-def remove(path: pathlib.Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def replace_into_place(tmp: pathlib.Path, dst: pathlib.Path) -> None:
-    """Rename tmp onto dst. A directory already at dst is moved aside first, then deleted."""
-    if dst.is_dir() and not dst.is_symlink():
-        old = temporary_sibling(dst)
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
-
-
-def move_into_place(src: pathlib.Path, dst: pathlib.Path) -> None:
-    """Move a finished file or store to dst: a rename, or a copy under a temporary name when dst
-    is on another file system."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(dst)
-    try:
-        try:
-            os.replace(src, tmp)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp)
-            remove(src)
-        replace_into_place(tmp, dst)
-    finally:
-        if tmp.exists():
-            remove(tmp)
-
-
-@contextlib.contextmanager
-def atomic_path(dst: pathlib.Path) -> Iterator[pathlib.Path]:
-    """Yield a temporary name beside dst; rename it into place on success, delete it on failure."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(dst)
-    try:
-        yield tmp
-        replace_into_place(tmp, dst)
-    finally:
-        if tmp.exists():
-            remove(tmp)
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_tree(path: pathlib.Path) -> str:
-    """A directory's checksum: sha256 over the sorted (relative path, file sha256) pairs."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def sha256_output(path: pathlib.Path) -> str:
-    return sha256_tree(path) if path.is_dir() else sha256_file(path)
-
-
-def check_writable(directory: pathlib.Path) -> None:
-    """Fail early, naming the folder, when outputs cannot be written there."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = temporary_sibling(directory / "probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"{directory}: output directory is not writable ({exc.strerror or exc})") from None
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 # ----------------------------------------------------------------------------- zarr
@@ -206,8 +120,33 @@ def block_checksum(fused: np.ndarray, prompts: np.ndarray | None) -> str:
     return digest.hexdigest()
 
 
+def block_chunk_files(path: pathlib.Path, block: Block, arrays: tuple[str, ...]) -> list[pathlib.Path]:
+    """The chunk files holding `block` in the store's arrays (absent where a chunk is all fill value)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    files = []
+    for name in arrays:
+        array = group[name]
+        _, ch, cw = array.chunks
+        for row in range(block.y0 // ch, -(-block.y1 // ch)):
+            for col in range(block.x0 // cw, -(-block.x1 // cw)):
+                files.append(path / name / array.metadata.encode_chunk_key((0, row, col)))
+    return files
+
+
+def read_block_checksum(path: pathlib.Path, block: Block) -> str:
+    """The checksum of what the store holds for `block` now (as `write_block` recorded it)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    region = (slice(None), slice(block.y0, block.y1), slice(block.x0, block.x1))
+    return block_checksum(group[FUSED][region], group[PROMPTS][region] if PROMPTS in group else None)
+
+
 def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np.ndarray | None) -> str:
-    """Write one unit's block and read it back: the checksum is of what the store now holds."""
+    """Write one unit's block, read it back and fsync its chunks: the checksum is of what the
+    store durably holds, so a block recorded done survives a crash of the machine."""
     import zarr
 
     group = zarr.open_group(path, mode="r+")
@@ -221,6 +160,7 @@ def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np
         prompts is not None and not np.array_equal(back_prompts, prompts, equal_nan=True)
     ):
         raise OSError(f"{path}: block {block.row},{block.col} reads back different from what was written")
+    fsync_files(block_chunk_files(path, block, (FUSED, PROMPTS) if prompts is not None else (FUSED,)))
     return block_checksum(back, back_prompts)
 
 
@@ -293,7 +233,7 @@ def export_files(
         for dst in targets.values():
             dst.parent.mkdir(parents=True, exist_ok=True)
         first = next(iter(targets.values()))
-        intermediate = temporary_sibling(first.with_suffix(".tif"))
+        intermediate = temporary_sibling(first, ".tif")  # named after an output: cleaned with its temporaries
         try:
             # the intermediate is read right away and deleted: compressing it would only cost time
             _gtiff_from_store(store, array, intermediate, grid=grid, nodata=nodata, band_names=band_names, tags=tags,
@@ -315,10 +255,11 @@ def export_files(
                         rasterio.shutil.copy(intermediate, tmp, driver="GTiff", tiled=True, blockxsize=blocksize,
                                              blockysize=blocksize, compress=compress_opt or "NONE", bigtiff="IF_SAFER")
                 written[fmt] = dst
-        except Exception:
+        except Exception as exc:
             for dst in written.values():
                 remove(dst)
-            raise
+            # GDAL's reason is in the cause ("Write failed. See previous exception" alone says nothing)
+            raise ExportError(f"{store} -> {', '.join(map(str, targets.values()))}: export failed: {one_line(exc)}") from exc
         finally:
             remove(intermediate)
     return written

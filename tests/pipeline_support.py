@@ -86,6 +86,30 @@ def random_raster(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) 
     return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
 
 
+def write_pair_archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230)) -> None:
+    """{scene}_a.tif (3 bands) and {scene}_b.tif (1 band), uint16 noise, for `pair_job`."""
+    rng = np.random.default_rng(0)
+    for scene in scenes:
+        write_geotiff(root / f"{scene}_a.tif", random_raster(rng, (3, *shape), "uint16"))
+        write_geotiff(root / f"{scene}_b.tif", random_raster(rng, shape, "uint16"))
+
+
+def output_files(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file under folder, by relative path; a STAC Item without its datetime (it records when
+    it was written, so two runs never agree on it)."""
+    import json
+
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name.endswith(".stac.json"):
+            stac = json.loads(data)
+            stac["properties"].pop("datetime")
+            data = json.dumps(stac, sort_keys=True).encode()
+        out[path.relative_to(folder).as_posix()] = data
+    return out
+
+
 def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, formats=("zarr", "cog"),
              normalise_a: Any = "dtype", normalise_b: Any = "dtype", a_pattern="{scene}_a.tif", b_pattern="{scene}_b.tif",
              extra_output: dict | None = None, **top) -> dict:

@@ -17,14 +17,11 @@ from pipeline.runners.local import run_job
 from pipeline.manifest import RunDir, RunDirError
 from pipeline.spec import parse_job
 from pipeline.status import run_status
-from pipeline_support import ContextFuser, SourceAFuser, pair_job, plan_with, random_raster, write_fast_demo_job, write_geotiff
+from pipeline_support import ContextFuser, SourceAFuser, pair_job, plan_with, write_fast_demo_job, write_pair_archive
 
 
 def _archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230)) -> None:
-    rng = np.random.default_rng(0)
-    for scene in scenes:
-        write_geotiff(root / f"{scene}_a.tif", random_raster(rng, (3, *shape), "uint16"))
-        write_geotiff(root / f"{scene}_b.tif", random_raster(rng, shape, "uint16"))
+    write_pair_archive(root, scenes, shape)
 
 
 class CrashingFuser(ContextFuser):
@@ -214,7 +211,7 @@ def test_units_are_plain_data_and_idempotent(tmp_path):
     unit twice writes the same block with the same checksum."""
     import pickle
 
-    from pipeline.items import prepare_item, store_path
+    from pipeline.items import prepare_item, store_path, stretches_from_json
     from pipeline.unit import process_unit
 
     _archive(tmp_path, scenes=("s1",))
@@ -223,7 +220,7 @@ def test_units_are_plain_data_and_idempotent(tmp_path):
     plan = plan_with(job, fuser)
     item = plan.items[0]
     work_dir = RunDir(job.run_dir).work_dir
-    stretches = prepare_item(plan.run_info, item, work_dir)
+    stretches = stretches_from_json(prepare_item(plan.run_info, item, work_dir))
     unit = plan.units[item.key][1]
     shipped_unit, shipped_item, shipped_stretches = pickle.loads(pickle.dumps((unit, item, stretches)))
     first = process_unit(shipped_unit, shipped_item, shipped_stretches, store_path(work_dir, item), fuser)

@@ -11,12 +11,12 @@ import pytest
 
 from pipeline import plan as plan_module
 from pipeline import unit as unit_module
-from pipeline import writers
+from pipeline import fsio, writers
 from pipeline.manifest import RunDir
 from pipeline.runners.local import run_job
 from pipeline.schedule import Observed, Options, schedule
 from pipeline.spec import parse_job
-from pipeline_support import ContextFuser, SourceAFuser, pair_job, plan_with, random_raster, write_geotiff
+from pipeline_support import ContextFuser, SourceAFuser, pair_job, plan_with, random_raster, write_geotiff, write_pair_archive
 
 
 def _archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230), seed=0) -> None:
@@ -45,7 +45,8 @@ def test_schedule_rules(tmp_path):
         ("unit", u1[1].unit_id): _record("unit", u1[1].unit_id, "failed"),
         ("item", two.finalize_id): _record("item", two.finalize_id, "done"),
     }
-    intact = Observed(outputs_verified=frozenset({two.finalize_id}), stores_intact=frozenset({one.prepare_id}))
+    intact = Observed(outputs_verified=frozenset({two.finalize_id}), stores_intact=frozenset({one.prepare_id}),
+                      blocks_verified=frozenset({u1[0].unit_id}))
     work = schedule(plan, latest, intact)
     assert work.items[0].state == "failed" and "--retry-failed" in work.items[0].error
     assert work.items[1].state == "done"  # exported, outputs verified: not touched again
@@ -61,6 +62,12 @@ def test_schedule_rules(tmp_path):
     assert [w.state for w in only_two.items] == ["excluded", "run"]
     some = schedule(plan, {}, Observed(), Options(only=frozenset({u2[3].unit_id[:10]}))).items[1]
     assert some.units == (u2[3],) and not some.export  # a partial item is not exported
+    # a done block whose checksum the store no longer gives runs again
+    unverified = Observed(stores_intact=frozenset({one.prepare_id}))
+    assert schedule(plan, latest, unverified, Options(retry_failed=True)).items[0].units == tuple(u1)
+    # outputs that may not be written: refused before any work
+    refused = schedule(plan, {}, Observed(refused={one.finalize_id: "output x: refusing"})).items[0]
+    assert (refused.state, refused.stage, refused.error) == ("failed", "outputs", "output x: refusing")
     assert schedule(plan, latest, intact) == work  # pure: same answer for the same inputs
 
 
@@ -131,7 +138,7 @@ def test_a_full_disk_leaves_no_corrupt_output_and_a_manifest_that_agrees(tmp_pat
     for record in RunDir(tmp_path / "run").records().to_pylist():
         if record["kind"] == "item" and record["status"] == "done":
             for asset in json.loads(record["info"])["assets"].values():
-                assert writers.sha256_output(pathlib.Path(asset["path"])) == asset["sha256"]
+                assert fsio.sha256_output(pathlib.Path(asset["path"])) == asset["sha256"]
         if record["item_id"] == "s2" and record["kind"] == "item":
             assert record["status"] == "failed"
     monkeypatch.undo()

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("pipeline.cli.cluster_cmds:submit", "Run a job on a remote Ray cluster (Jobs API); --wait follows it."),
     "logs": ("pipeline.cli.cluster_cmds:logs", "Print or follow the logs of a submitted job."),
     "stop": ("pipeline.cli.cluster_cmds:stop", "Stop a submitted job (its verified work is kept)."),
+    "verify": ("pipeline.cli.run_cmds:verify", "Check a run's recorded outputs and blocks against the disk (runs nothing)."),
     "fuse": ("pipeline.cli.run_cmds:fuse", "Fuse one item (two or more source files) into one output."),
     "eval": ("pipeline.cli.eval_cmds:evaluate", "Score fused images with the fusion metrics; compare methods."),
     "train": ("pipeline.cli.train_cmds:train", "Train or fine-tune TC-MoA from a YAML config (local or Ray)."),

@@ -1,21 +1,25 @@
-"""`tcmoa run`, `tcmoa status`, `tcmoa fuse`, `tcmoa samples`: wiring between click and the engine.
+"""`tcmoa run`, `tcmoa status`, `tcmoa verify`, `tcmoa fuse`, `tcmoa samples`: wiring between click and the engine.
 
-Exit codes (run, fuse): 0 every item done, 1 some items failed, 2 the job could not start
-(invalid job file, run directory refused).
+Exit codes (run, fuse, status, verify; see pipeline/errors.py): 0 all done, 1 some items failed
+(verify: some recorded output or block does not match), 2 bad job or usage, 3 the run could not
+proceed (I/O, disk, lock, damaged run directory, stopped by a signal). Errors are one line naming
+the file and the cause; `--traceback` adds the traceback.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import pathlib
 import shutil
 import sys
 import tempfile
+import traceback
 from typing import Any
 
 import click
 
-EXIT_FAILED_ITEMS = 1
-EXIT_CANNOT_RUN = 2
+from pipeline.errors import EXIT_BAD_JOB, EXIT_ITEMS_FAILED, exit_code_of, message_of
 
 
 def _output_mode(function):
@@ -23,12 +27,36 @@ def _output_mode(function):
     return click.option("--quiet", "-q", "mode", flag_value="quiet", help="No progress bar; print only failures.")(function)
 
 
-def _fail(message: str) -> None:
+def _errors_as_exit_codes(function):
+    """One line naming the file and the cause, and the documented exit code, for any error that
+    stops the command (the traceback only with --traceback)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:  # Stopped (a signal) is caught below
+            error = exc
+        except BaseException as exc:
+            if not hasattr(exc, "exit_code") or isinstance(exc, SystemExit):
+                raise
+            error = exc
+        if kwargs.get("show_traceback"):
+            traceback.print_exception(error)
+        click.echo(f"Error: {message_of(error)}", err=True)
+        sys.exit(exit_code_of(error))
+
+    return click.option("--traceback", "show_traceback", is_flag=True,
+                        help="Print the traceback of an error that stops the command (status: of every recorded failure).")(wrapper)
+
+
+def _fail(message: str, code: int = EXIT_BAD_JOB) -> None:
     click.echo(f"Error: {message}", err=True)
-    sys.exit(EXIT_CANNOT_RUN)
+    sys.exit(code)
 
 
-def _print_summary(summary, mode: str | None) -> None:
+def _print_summary(summary, mode: str | None, hint: str | None = None) -> None:
     data = summary.to_dict()
     if mode == "json":
         click.echo(json.dumps(data, indent=2, default=str))
@@ -42,8 +70,10 @@ def _print_summary(summary, mode: str | None) -> None:
     )
     for key, outputs in summary.outputs.items():
         click.echo(f"  {key}: " + ", ".join(outputs[f] for f in outputs if f != "stac"))
+    if summary.redone:
+        click.echo(f"{len(summary.redone)} recorded output(s) or block(s) did not match the disk and were redone (listed above)")
     if summary.failures:
-        click.echo(f"Run `tcmoa status {summary.run_dir}` for the failure list with tracebacks.")
+        click.echo(hint or f"Run `tcmoa status {summary.run_dir}` for the failure list with tracebacks.")
 
 
 def _runner_options(function):
@@ -58,8 +88,8 @@ def _runner_options(function):
 
 
 def _run(job, *, local: bool, workers: int | None, address: str | None, retry_failed: bool, only: str,
-         mode: str | None, source: dict | None, fuser=None) -> None:
-    from pipeline.manifest import RunDirError
+         mode: str | None, source: dict | None, fuser=None, hint: str | None = None) -> None:
+    """Run the job and exit with its code (errors that stop it reach `_errors_as_exit_codes`)."""
     from pipeline.schedule import Options
 
     def report(message: str) -> None:
@@ -69,19 +99,16 @@ def _run(job, *, local: bool, workers: int | None, address: str | None, retry_fa
     options = Options(retry_failed=retry_failed, only=frozenset(i.strip() for i in only.split(",") if i.strip()))
     common = dict(options=options, progress=mode is None, report=report, source=source)
     _warn_untrained(job, mode)
-    try:
-        if local or fuser is not None:
-            from pipeline.runners.local import run_job
+    if local or fuser is not None:
+        from pipeline.runners.local import run_job
 
-            summary = run_job(job, fuser=fuser, **common)
-        else:
-            from pipeline.runners.ray import run_job
+        summary = run_job(job, fuser=fuser, **common)
+    else:
+        from pipeline.runners.ray import run_job
 
-            summary = run_job(job, workers=workers, address=address, **common)
-    except (RunDirError, ValueError, OSError) as exc:
-        _fail(str(exc))
-    _print_summary(summary, mode)
-    sys.exit(EXIT_FAILED_ITEMS if summary.failures else 0)
+        summary = run_job(job, workers=workers, address=address, **common)
+    _print_summary(summary, mode, hint)
+    sys.exit(EXIT_ITEMS_FAILED if summary.failures else 0)
 
 
 def _warn_untrained(job, mode: str | None) -> None:
@@ -107,8 +134,9 @@ def _job_source(job_file: pathlib.Path, document: dict) -> dict:
 @click.option("--resume", is_flag=True, hidden=True, help="Accepted for old scripts: a run always resumes its run directory.")
 @_runner_options
 @_output_mode
+@_errors_as_exit_codes
 def run(job_file: pathlib.Path, dry_run: bool, estimate: bool, resume: bool, local: bool, workers: int | None,
-        address: str | None, retry_failed: bool, only: str, mode: str | None) -> None:
+        address: str | None, retry_failed: bool, only: str, mode: str | None, show_traceback: bool) -> None:
     """Fuse every item of the archive described by JOB_FILE (on an embedded local Ray by default).
 
     Run again on the same run directory, it does only what is not verified done: the items an
@@ -132,8 +160,9 @@ def run(job_file: pathlib.Path, dry_run: bool, estimate: bool, resume: bool, loc
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path))
 @_runner_options
 @_output_mode
+@_errors_as_exit_codes
 def resume(run_dir: pathlib.Path, local: bool, workers: int | None, address: str | None, retry_failed: bool,
-           only: str, mode: str | None) -> None:
+           only: str, mode: str | None, show_traceback: bool) -> None:
     """Finish the job of RUN_DIR: redo only what is not verified done (after a crash, a stop, a lost driver)."""
     from pipeline.runners.session import JOB_SOURCE
     from pipeline.spec import SpecError, parse_job
@@ -190,10 +219,11 @@ def _dry_run(job, mode: str | None, estimate: bool) -> None:
 
 @click.command("status")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
-@click.option("--traceback", "show_traceback", is_flag=True, help="Print the traceback of every failure.")
 @_output_mode
+@_errors_as_exit_codes
 def status(run_dir: pathlib.Path, show_traceback: bool, mode: str | None) -> None:
-    """Items of a run directory: blocks done, status, failures."""
+    """Items of a run directory: blocks done, status (done items whose outputs are missing or of
+    another size than recorded are 'damaged'), failures. `tcmoa verify` also compares checksums."""
     from pipeline.status import run_status
 
     try:
@@ -217,6 +247,31 @@ def status(run_dir: pathlib.Path, show_traceback: bool, mode: str | None) -> Non
             click.echo(f"FAILED {failure['item']} ({failure['kind']}): {failure['error']}", err=True)
         if show_traceback and failure.get("traceback"):
             click.echo(failure["traceback"], err=True)
+
+
+@click.command("verify")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@_output_mode
+@_errors_as_exit_codes
+def verify(run_dir: pathlib.Path, mode: str | None, show_traceback: bool) -> None:
+    """Check every output (size and sha256) and work-store block (checksum) RUN_DIR recorded as done,
+    without running anything. Exit 0 when all match the record, 1 naming each file that does not."""
+    from pipeline.verify import verify_run
+
+    try:
+        report = verify_run(run_dir)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    problems = report["problems"]
+    if mode == "json":
+        click.echo(json.dumps({**report, "problems": [p.to_dict() for p in problems]}, indent=2))
+    else:
+        for problem in problems:
+            click.echo(f"MISMATCH {problem.item}: {problem}", err=True)
+        if mode != "quiet":
+            verdict = f"{len(problems)} problem(s); `tcmoa run JOB --resume` redoes them" if problems else "all as recorded"
+            click.echo(f"{run_dir}: {report['checked_outputs']} output(s) and {report['checked_blocks']} block(s) checked: {verdict}")
+    sys.exit(EXIT_ITEMS_FAILED if problems else 0)
 
 
 def parse_task(text: str) -> Any:
@@ -251,17 +306,22 @@ SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"
 @click.option("--prompts", is_flag=True, help="Also write the prompt map (share of each source per pixel).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
               help="Keep the manifest here (default: a temporary folder, removed afterwards).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file (or zarr store) of the same kind; never an input.")
 @_output_mode
+@_errors_as_exit_codes
 def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, tile: int, overlap: int,
-         normalise: str, prompts: bool, run_dir: pathlib.Path | None, mode: str | None) -> None:
+         normalise: str, prompts: bool, run_dir: pathlib.Path | None, overwrite: bool, mode: str | None,
+         show_traceback: bool) -> None:
     """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file."""
-    from pipeline.spec import SpecError, parse_job
+    from pipeline.output_safety import input_collisions
+    from pipeline.spec import parse_job
 
     fmt = SUFFIX_FORMATS.get(output.suffix.lower())
     if fmt is None:
         _fail(f"{output}: unsupported output suffix; use one of {', '.join(SUFFIX_FORMATS)}")
-    temporary = run_dir is None
-    run_dir = run_dir or pathlib.Path(tempfile.mkdtemp(prefix="tcmoa-fuse-"))
+    collisions = input_collisions([output], sources)
+    if collisions:
+        _fail(collisions[0])
     roles = [f"source{i + 1}" for i in range(len(sources))]
     document = {
         "name": "fuse",
@@ -272,18 +332,21 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
         "tiling": {"tile": tile, "overlap": overlap},
         "model": {"weights": weights, "alpha": alpha, "beta": beta},
         "output": {"dir": str(output.parent.absolute()), "name": output.stem, "formats": [fmt], "prompt_maps": prompts},
-        "run_dir": str(run_dir.absolute()),
+        "run_dir": str((run_dir or pathlib.Path(tempfile.gettempdir())).absolute()),  # see below for no --run-dir
+        "overwrite": overwrite,
     }
-    try:
-        job = parse_job(document, base=pathlib.Path.cwd())
-    except SpecError as exc:
-        _fail(str(exc))
-    try:
+    job = parse_job(document, base=pathlib.Path.cwd())
+    if run_dir is not None:
         _run(job, local=True, workers=None, address=None, retry_failed=False, only="", mode=mode,
              source={"path": None, "base": str(pathlib.Path.cwd()), "document": document})
+    # without --run-dir the manifest lives in a temporary folder, created only now and always removed
+    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix="tcmoa-fuse-"))
+    try:
+        _run(dataclasses.replace(job, run_dir=tmp_dir), local=True, workers=None, address=None, retry_failed=False,
+             only="", mode=mode, source=None,
+             hint="Give --run-dir DIR to keep the run's manifest (failures with tracebacks) for `tcmoa status DIR`.")
     finally:
-        if temporary:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 @click.command("samples")

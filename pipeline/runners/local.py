@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from pipeline import runtime
-from pipeline.items import export_item, prepare_item, remove_store, store_path, stretches_from_json, stretches_to_json
+from pipeline.items import export_item, prepare_item, remove_store, store_path, stretches_from_json
 from pipeline.manifest import now
 from pipeline.runners.session import RunSummary, Session
 from pipeline.schedule import ItemWork, Options
@@ -30,10 +30,11 @@ def load_model_fuser(model: ModelSpec, placement: Placement | None = None) -> Fu
 
 def run_job(
     job: JobSpec, *, fuser: Fuser | None = None, options: Options = Options(), retry_failed: bool = False,
-    progress: bool = True, report: Callable[[str], None] | None = None, source: dict | None = None,
+    resume: bool = True, progress: bool = True, report: Callable[[str], None] | None = None, source: dict | None = None,
 ) -> RunSummary:
     """Run what the schedule leaves to do, in this process; failed items are recorded, the others go on.
-    `fuser`: a model already built (tests, stand-ins); by default the job's model is loaded."""
+    `fuser`: a model already built (tests, stand-ins); by default the job's model is loaded.
+    `resume` is accepted for old callers: a run always resumes its run directory."""
     runtime.tune_allocator()  # before the model and the first blocks allocate
     if retry_failed:
         options = Options(retry_failed=True, only=options.only)
@@ -59,17 +60,17 @@ def _run_item(session: Session, work: ItemWork, fuser: Fuser, readers: ReaderCac
     left = len(work.units)
     started = now()
     session.bar.set_postfix_str(f"preparing {item.key}")
-    if work.radiometry is not None:
-        stretches = stretches_from_json(work.radiometry)
-    else:
+    radiometry = work.radiometry
+    if radiometry is None:
         try:
-            stretches = prepare_item(run, item, session.work_dir)
+            radiometry = prepare_item(run, item, session.work_dir)
         except Exception as exc:
             session.prepare_failed(item, exc, started, left)
             if not work.units_done:
                 remove_store(session.work_dir, item)
             return
-        session.prepared(item, stretches_to_json(stretches), started)
+        session.prepared(item, radiometry, started)
+    stretches = stretches_from_json(radiometry)
     store = store_path(session.work_dir, item)
     session.bar.set_postfix_str(item.key)
     for unit in work.units:
@@ -89,7 +90,7 @@ def _run_item(session: Session, work: ItemWork, fuser: Fuser, readers: ReaderCac
     session.bar.set_postfix_str(f"exporting {item.key}")
     started = now()
     try:
-        assets = export_item(run, item, session.work_dir, stretches)
+        assets = export_item(run, item, session.work_dir, stretches, session.claim_outputs(item))
     except Exception as exc:
         session.export_failed(item, exc, started)
         return

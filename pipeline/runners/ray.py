@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from pipeline.items import export_item, prepare_item, store_path, stretches_from_json, stretches_to_json
+from pipeline.items import export_item, prepare_item, store_path, stretches_from_json
 from pipeline.manifest import now
 from pipeline.plan import ItemPlan, RunInfo, Unit
 from pipeline.runners.session import RunSummary, Session, failure_fields
@@ -81,11 +81,11 @@ def _remote_functions() -> dict:
 
     @ray.remote(num_cpus=0, max_retries=RETRIES)
     def prepare_task(run: RunInfo, item: ItemPlan, work_dir: str) -> str:
-        return stretches_to_json(prepare_item(run, item, pathlib.Path(work_dir)))
+        return prepare_item(run, item, pathlib.Path(work_dir))
 
     @ray.remote(num_cpus=0, max_retries=RETRIES)
-    def export_task(run: RunInfo, item: ItemPlan, work_dir: str, radiometry: str) -> dict:
-        return export_item(run, item, pathlib.Path(work_dir), stretches_from_json(radiometry))
+    def export_task(run: RunInfo, item: ItemPlan, work_dir: str, radiometry: str, owned: set[str]) -> dict:
+        return export_item(run, item, pathlib.Path(work_dir), stretches_from_json(radiometry), owned)
 
     return {"placement": resolve_placement, "prepare": prepare_task, "export": export_task,
             "worker": ray.remote(FusionWorker)}
@@ -276,7 +276,8 @@ def _drive(session: Session, remote: dict, actors: list) -> None:
         return sum(1 for f in flights.values() if f.kind != "unit")
 
     def start_export(state: _ItemState) -> None:
-        ref = remote["export"].remote(run, state.work.item, work_dir, state.radiometry)
+        owned = session.claim_outputs(state.work.item)
+        ref = remote["export"].remote(run, state.work.item, work_dir, state.radiometry, owned)
         flights[ref] = _Flight("export", state, now())
 
     def units_ready(state: _ItemState) -> None:

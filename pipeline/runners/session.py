@@ -11,20 +11,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from pipeline.items import place_store, store_matches, store_path
+from pipeline import output_safety, verify
+from pipeline.errors import stop_on_signals
+from pipeline.items import check_item_outputs, interrupted_temporaries, output_paths, place_store, store_matches, store_path
 from pipeline.manifest import RunDir, canonical_json, now
 from pipeline.plan import ItemPlan, Plan, infos_from_json, infos_to_json, plan_job, source_identity
 from pipeline.schedule import Observed, Options, Work, schedule
 from pipeline.sources import SourceError
 from pipeline.spec import JobSpec
 from tcmoa.interface import ModelInfo, Placement
-from pipeline.writers import atomic_path
+from pipeline.fsio import atomic_path
 
 JOB_SOURCE = "job-source.json"  # the job document and the folder its relative paths start from
 
@@ -46,6 +49,9 @@ class RunSummary:
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     outputs: dict[str, dict] = field(default_factory=dict)
+    redone: list[dict] = field(default_factory=list)  # recorded done, but not as recorded on disk: item, path, reason
+    temporaries_removed: int = 0  # left by an interrupted run
+    status_flush_s: float = 0.0  # time spent appending status records (fsync included)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,20 +91,41 @@ def recorded_infos(run_dir: RunDir) -> Callable[[str], tuple | None]:
     return lambda sources_id: infos_from_json(known[sources_id]) if sources_id in known else None
 
 
-def observe(plan: Plan, latest: dict, run_dir: RunDir) -> Observed:
-    """What the schedule needs to know from disk: outputs still in place, work stores intact."""
-    verified, intact = set(), set()
+def observe(plan: Plan, latest: dict, run_dir: RunDir, owned: set[str]) -> tuple[Observed, list]:
+    """What the schedule needs to know from disk, checked against the records (`pipeline.verify`):
+    done items' outputs (size, sha256), work stores (prepare id, metadata digest), done blocks
+    (checksums), and outputs that may not be written. Returns it with the problems found in what
+    was recorded done (they are redone)."""
+    verified, intact, blocks, refused, problems = set(), set(), set(), {}, []
     for item in plan.items:
         finished = latest.get(("item", item.finalize_id))
         if finished and finished["status"] == "done":
-            assets = json.loads(finished["info"])["assets"]
-            if all(pathlib.Path(a["path"]).exists() for a in assets.values()):
+            found = verify.item_output_problems(finished)
+            if not found:
                 verified.add(item.finalize_id)
+                continue
+            problems += found
+        try:
+            check_item_outputs(plan.run_info, item, owned)
+        except output_safety.OutputRefused as exc:
+            refused[item.finalize_id] = str(exc)
             continue
         prepared = latest.get(("prepare", item.prepare_id))
-        if prepared and prepared["status"] == "done" and store_matches(store_path(run_dir.work_dir, item), item.prepare_id):
-            intact.add(item.prepare_id)
-    return Observed(frozenset(verified), frozenset(intact))
+        store = store_path(run_dir.work_dir, item)
+        if not (prepared and prepared["status"] == "done" and store_matches(store, item.prepare_id)):
+            continue
+        if problem := verify.store_problem(store, json.loads(prepared["info"]).get("store"), item=item.key):
+            problems.append(problem)
+            continue
+        intact.add(item.prepare_id)
+        for unit in plan.units[item.key]:
+            record = latest.get(("unit", unit.unit_id))
+            if record and record["status"] == "done":
+                if problem := verify.block_problem(store, unit.block, record["checksum"], item=item.key):
+                    problems.append(problem)
+                else:
+                    blocks.add(unit.unit_id)
+    return Observed(frozenset(verified), frozenset(intact), frozenset(blocks), refused), problems
 
 
 class Session:
@@ -114,8 +141,9 @@ class Session:
         self.report = report or (lambda message: None)
         self.progress = progress
         self.work: Work | None = None
-        self.buffer: list[dict] = []
-        self.flush_every_s, self.last_flush = 10.0, time.monotonic()
+        self.parts: list[pathlib.Path] = []  # status parts appended since the last merge
+        self.merge_every = 64
+        self.owned: set[str] = set()  # output paths this run directory created (they may be replaced)
         self.bar = None
         self.start = time.perf_counter()
         self.work_dir = self.run_dir.work_dir
@@ -124,14 +152,20 @@ class Session:
     def open(self) -> Iterator["Session"]:
         from tqdm.auto import tqdm
 
-        with self.run_dir:
+        with self.run_dir, stop_on_signals():
             self.run_dir.claim(self.plan.fingerprint, self.plan.canonical_job, self.job.name)
             if self.source is not None:  # what `tcmoa resume RUN_DIR` runs again
                 with atomic_path(self.run_dir.path / JOB_SOURCE) as tmp:
                     tmp.write_text(json.dumps(self.source, indent=2, default=str))
             latest = self.run_dir.latest()
             write_plan_tables(self.run_dir, self.plan)
-            self.work = schedule(self.plan, latest, observe(self.plan, latest, self.run_dir), self.options)
+            self.summary.temporaries_removed = len(interrupted_temporaries(self.plan.items, self.work_dir))
+            self.owned = output_safety.owned_paths(latest)
+            observed, problems = observe(self.plan, latest, self.run_dir, self.owned)
+            for problem in problems:
+                self.summary.redone.append(problem.to_dict())
+                self.report(f"REDO {problem.item}: {problem}")
+            self.work = schedule(self.plan, latest, observed, self.options)
             for note in self.plan.notes:
                 self.report(note)
             for failure in self.plan.failures:
@@ -145,27 +179,27 @@ class Session:
                         self.summary.units_skipped += w.units_done
                         self.bar.update(w.units_done)
                     elif w.state == "failed":
-                        self.fail(w.item, "unit" if w.units_done else "prepare", w.error, len(self.plan.units[w.item.key]))
+                        if w.stage == "outputs":  # refused: recorded as its export's failure
+                            self.add(self.record("item", w.item.finalize_id, w.item, "failed", now(), error=w.error))
+                        self.fail(w.item, w.stage, w.error, len(self.plan.units[w.item.key]))
                     elif w.state == "run":
                         self.summary.units_skipped += w.units_done
                         self.bar.update(w.units_done)
-                try:
-                    yield self
-                finally:
-                    self.flush()
+                yield self
             self.run_dir.compact()
         self.summary.seconds = time.perf_counter() - self.start
         self.summary.items_failed = len({(f["collection"], f["item_id"]) for f in self.summary.failures})
 
     # ------------------------------------------------------------------ records
-    def add(self, record: dict, *, flush: bool = False) -> None:
-        self.buffer.append(record)
-        if flush or time.monotonic() - self.last_flush > self.flush_every_s:
-            self.flush()
-
-    def flush(self) -> None:
-        self.run_dir.append(self.buffer)
-        self.buffer, self.last_flush = [], time.monotonic()
+    def add(self, record: dict) -> None:
+        """Append the record now (fsynced with its part file: a lost driver loses no finished
+        block), merging every `merge_every` new parts into one."""
+        start = time.perf_counter()
+        self.parts.append(self.run_dir.append([record]))
+        if len(self.parts) >= self.merge_every:
+            self.run_dir.compact(self.parts)
+            self.parts = []
+        self.summary.status_flush_s += time.perf_counter() - start
 
     @staticmethod
     def record(kind: str, rid: str, item: ItemPlan, status: str, started, **extra) -> dict:
@@ -185,7 +219,7 @@ class Session:
 
     def prepare_failed(self, item: ItemPlan, exc: BaseException | dict, started, units_left: int) -> None:
         fields = exc if isinstance(exc, dict) else failure_fields(exc)
-        self.add(self.record("prepare", item.prepare_id, item, "failed", started, **fields), flush=True)
+        self.add(self.record("prepare", item.prepare_id, item, "failed", started, **fields))
         self.fail(item, "prepare", fields["error"], units_left)
 
     def unit_done(self, item: ItemPlan, unit, result: dict, started) -> None:
@@ -198,8 +232,16 @@ class Session:
 
     def unit_failed(self, item: ItemPlan, unit, exc: BaseException | dict, started, units_left: int) -> None:
         fields = exc if isinstance(exc, dict) else failure_fields(exc)
-        self.add(self.record("unit", unit.unit_id, item, "failed", started, **fields), flush=True)
+        self.add(self.record("unit", unit.unit_id, item, "failed", started, **fields))
         self.fail(item, "unit", fields["error"], units_left)
+
+    def claim_outputs(self, item: ItemPlan) -> set[str]:
+        """Record the item's output paths before its export renames the first: after a kill
+        mid-export they are still the run's own. Returns the paths the export may replace."""
+        claimed = [str(p) for p in output_paths(item).values()]
+        self.add(self.record(output_safety.CLAIM, item.finalize_id, item, "claimed", now(),
+                             info=canonical_json({"paths": claimed})))
+        return self.owned | {os.path.abspath(p) for p in claimed}
 
     def exported(self, item: ItemPlan, assets: dict, started) -> None:
         """The item's files are written: put its store in place, then record it done."""
@@ -208,11 +250,11 @@ class Session:
         except OSError as exc:
             return self.export_failed(item, exc, started)
         self.add(self.record("item", item.finalize_id, item, "done", started, checksum=assets["stac"]["sha256"],
-                             info=canonical_json({"assets": assets})), flush=True)
+                             info=canonical_json({"assets": assets})))
         self.summary.items_done += 1
         self.summary.outputs[item.key] = {fmt: a["path"] for fmt, a in assets.items()}
 
     def export_failed(self, item: ItemPlan, exc: BaseException | dict, started) -> None:
         fields = exc if isinstance(exc, dict) else failure_fields(exc)
-        self.add(self.record("item", item.finalize_id, item, "failed", started, **fields), flush=True)
+        self.add(self.record("item", item.finalize_id, item, "failed", started, **fields))
         self.fail(item, "export", fields["error"])
