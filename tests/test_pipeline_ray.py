@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.manifest import RunDir
 from pipeline.runners import local, ray as ray_runner
 from pipeline.spec import parse_job
-from pipeline_support import ContextFuser, KillOnceFuser, SlowFuser, pair_job, write_pair_archive
+from pipeline_support import ContextFuser, KillOnceFuser, SlowFuser, pair_job, write_geotiff, write_pair_archive
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -204,11 +204,10 @@ def test_driver_killed_mid_run_then_resume_runs_only_the_unfinished_units(tmp_pa
 
 
 def test_an_item_that_fails_is_recorded_and_the_others_finish(tmp_path):
-    """A damaged input (its tiles cut off after the header) fails its item in a Ray task; the
-    error is recorded with the file named, and the other item is done."""
+    """An input that is nodata everywhere fails its item in a Ray task (preparation); the error is
+    recorded with the file named and a traceback, and the other item is done."""
     _archive(tmp_path)
-    damaged = tmp_path / "s2_b.tif"
-    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 2 // 3])
+    write_geotiff(tmp_path / "s2_b.tif", np.zeros((200, 230), np.uint16), nodata=0)
     job = parse_job(pair_job(tmp_path), base=tmp_path)
     summary = ray_runner.run_job(job, workers=2, progress=False, fuser_factory=ContextFuser)
     assert summary.items_done == 1 and [f["item_id"] for f in summary.failures] == ["s2"]
