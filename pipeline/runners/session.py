@@ -100,6 +100,9 @@ def observe(plan: Plan, latest: dict, run_dir: RunDir, owned: set[str]) -> tuple
     for item in plan.items:
         finished = latest.get(("item", item.finalize_id))
         if finished and finished["status"] == "done":
+            store = store_path(run_dir.work_dir, item)
+            if store.is_dir() and store_matches(store, item.prepare_id):  # recorded done, store not yet moved
+                place_store(run_dir.work_dir, item)
             found = verify.item_output_problems(finished)
             if not found:
                 verified.add(item.finalize_id)
@@ -244,13 +247,14 @@ class Session:
         return self.owned | {os.path.abspath(p) for p in claimed}
 
     def exported(self, item: ItemPlan, assets: dict, started) -> None:
-        """The item's files are written: put its store in place, then record it done."""
+        """The item's files are written: record it done, then put its store in place (a driver
+        lost in between leaves the store in work/: the next run finishes the move, `observe`)."""
+        self.add(self.record("item", item.finalize_id, item, "done", started, checksum=assets["stac"]["sha256"],
+                             info=canonical_json({"assets": assets})))
         try:
             place_store(self.work_dir, item)
         except OSError as exc:
             return self.export_failed(item, exc, started)
-        self.add(self.record("item", item.finalize_id, item, "done", started, checksum=assets["stac"]["sha256"],
-                             info=canonical_json({"assets": assets})))
         self.summary.items_done += 1
         self.summary.outputs[item.key] = {fmt: a["path"] for fmt, a in assets.items()}
 
