@@ -62,7 +62,7 @@ def current_rss_gb() -> float:
 
 def run_one(args) -> dict:
     """In a child process: fuse one size, print the figures as JSON."""
-    from pipeline.engine import load_model_fuser, run_job
+    from pipeline.runners.local import load_model_fuser, run_job
     from pipeline.manifest import RunDir
     from pipeline.spec import ModelSpec, parse_job
 

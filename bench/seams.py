@@ -92,7 +92,9 @@ def fuse_hard(fuser, a: np.ndarray, b: np.ndarray, task: str, tile: int) -> tupl
 def fuse_ours(fuser, a_path, b_path, task, tile, overlap, workdir: pathlib.Path, border_pad: int = 0) -> tuple[np.ndarray, list[int], list[int]]:
     import zarr
 
-    from pipeline.engine import plan_job, run_job
+    from pipeline.plan import plan_job
+    from pipeline.runners.local import run_job
+    from tcmoa.interface import ModelInfo, Placement
     from pipeline.spec import parse_job
 
     run = workdir / f"run-{a_path.stem}-pad{border_pad}"
@@ -104,7 +106,7 @@ def fuse_ours(fuser, a_path, b_path, task, tile, overlap, workdir: pathlib.Path,
         "output": {"formats": ["zarr"], "dtype": "float32", "scale": "full", "dir": str(run / "out")},
         "run_dir": str(run),
     }, base=workdir)
-    grid = plan_job(job, fuser).items[0].tiles
+    grid = plan_job(job, ModelInfo.of(fuser, job.model.weights), Placement("cpu", "fp32")).items[0].tiles
     summary = run_job(job, fuser=fuser, progress=False)
     assert summary.items_done == 1, summary.failures
     fused = zarr.open_group(run / "out" / "x.zarr", mode="r")["fused"][:].transpose(1, 2, 0)
@@ -176,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     padded = args.overlap // 2 if args.border_pad is None else args.border_pad
 
-    from pipeline.engine import load_model_fuser
+    from pipeline.runners.local import load_model_fuser
     from pipeline.spec import ModelSpec
 
     fuser = load_model_fuser(ModelSpec(weights=args.weights, batch_size=4))

@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
 
-    from pipeline.engine import load_model_fuser, run_job
+    from pipeline.runners.local import load_model_fuser, run_job
     from pipeline.spec import ModelSpec
 
     fuser = load_model_fuser(ModelSpec(weights=args.weights, batch_size=args.batch_size))

@@ -506,18 +506,13 @@ def _integer_nodata_mask(ds, bands: list[int], data: np.ndarray) -> np.ndarray |
 
 class _RasterReader(Reader):
     def __enter__(self) -> "_RasterReader":
-        import rasterio
-
-        # GDAL decodes the blocks of a read on several threads: TCMOA_IO_THREADS (default all cores;
-        # set it lower where several workers share a machine)
-        self._env = rasterio.Env(GDAL_NUM_THREADS=os.environ.get("TCMOA_IO_THREADS", "ALL_CPUS"))
-        self._env.__enter__()
         self._opened: list = []
         # one read per dataset with all its bands, so GDAL decodes each block once, not per band:
         # (dataset, bands, alpha band, file)
         self._reads: list[tuple[object, list[int], int | None, str]] = []
         try:
-            datasets = {file: self._open_on_grid(file) for file in dict.fromkeys(self.ref.files)}
+            with self._env():
+                datasets = {file: self._open_on_grid(file) for file in dict.fromkeys(self.ref.files)}
             if len(self.ref.files) > 1:
                 plan = [(file, [1]) for file in self.ref.files]
             else:
@@ -555,17 +550,29 @@ class _RasterReader(Reader):
         for ds in reversed(getattr(self, "_opened", [])):
             ds.close()
         self._opened = []
-        env, self._env = getattr(self, "_env", None), None
-        if env is not None:
-            env.__exit__(None, None, None)
+
+    @staticmethod
+    def _env():
+        """GDAL decodes the blocks of a read on several threads: TCMOA_IO_THREADS (default all
+        cores; set it lower where several workers share a machine). Entered per call, not for the
+        reader's life: readers stay open in a cache, and GDAL environments must nest."""
+        import rasterio
+
+        return rasterio.Env(GDAL_NUM_THREADS=os.environ.get("TCMOA_IO_THREADS", "ALL_CPUS"))
 
     def _read(self, window, out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-        from rasterio.enums import MaskFlags, Resampling
-        from rasterio.errors import RasterioIOError
+        from rasterio.enums import Resampling
 
         kwargs = {"window": window}
         if out_shape is not None:
             kwargs.update(out_shape=out_shape, resampling=Resampling.nearest)
+        with self._env():
+            return self._read_in_env(kwargs)
+
+    def _read_in_env(self, kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.enums import MaskFlags
+        from rasterio.errors import RasterioIOError
+
         planes, valid = [], None  # planes: (bands, h, w) per dataset read
         for ds, bands, alpha, file in self._reads:
             try:

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 import tcmoa
+from tcmoa.devices import PRECISIONS, autocast_dtype, cpu_has_native_bf16, resolve_device, resolve_precision  # noqa: F401 (re-exported)
 from tcmoa.guided import guided_fusion, prompt_share
-from tcmoa.interface import FusionResult, RouterSpec, as_nhwc, check_pair, output_channels
+from tcmoa.interface import FusionResult, ModelInfo, RouterSpec, as_nhwc, check_pair, output_channels
 from tcmoa.model import TCMoA, decode_to_image01, normalize
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "auto")
 DOWNSAMPLES = ("nearest", "area")
 # decoder: the paper's output (the decoder's pixels); guided: a Laplacian-pyramid blend of the
 # source pixels weighted by the prompts (tcmoa.guided).
@@ -30,25 +30,6 @@ RECONSTRUCTIONS = ("decoder", "guided")
 # Shipped default weights live here once trained; until then "default" is an untrained model.
 DEFAULT_WEIGHTS = pathlib.Path(__file__).parent / "weights" / "tcmoa-default.safetensors"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -76,7 +57,7 @@ class TCMoAFuser:
         self.reconstruction = reconstruction
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
@@ -129,9 +110,8 @@ class TCMoAFuser:
 
     # --- internals ---------------------------------------------------------------------------
     def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        dtype = autocast_dtype(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     @torch.inference_mode()
     def _run(self, a: np.ndarray, b: np.ndarray, route: torch.Tensor, return_prompts: bool):
@@ -216,6 +196,41 @@ def load_fuser(spec: str = "default", **options: Any):
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
         return BASELINES[name]()
-    device = options.pop("device", "cpu")
+    device = resolve_device(options.pop("device", "auto"))  # 'auto': the GPU where there is one
     model, info = load_model_spec(spec, device)
     return TCMoAFuser(model, device=device, weights_info=info, **options)
+
+
+def model_info(spec: str = "default") -> ModelInfo:
+    """A weights spec's `ModelInfo` from the file's metadata (safetensors header: config,
+    provenance), without building the network or reading its tensors. A reference .pth has no
+    header: its state dict is read (not loaded into a network) to infer the configuration."""
+    from tcmoa import checkpoints
+    from tcmoa.config import TCMoAConfig, get_config
+
+    if spec.startswith("baseline:"):
+        from tcmoa.baselines import BASELINES
+
+        name = spec.split(":", 1)[1]
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+        cls = BASELINES[name]
+        return ModelInfo(cls.name, int(cls.tile_multiple), spec, None, {}, trained=False)
+    path = DEFAULT_WEIGHTS if spec == "default" and DEFAULT_WEIGHTS.is_file() else pathlib.Path(spec)
+    if spec == "tiny-random" or (spec == "default" and not DEFAULT_WEIGHTS.is_file()):
+        spec_random = "random:tiny"
+    else:
+        spec_random = spec if spec.startswith("random:") else None
+    if spec_random is not None:
+        config = get_config(spec_random.split(":", 1)[1])
+        return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, None, config.to_dict(), trained=False)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {spec!r}: no such file (or use 'default' / 'random:tiny')")
+    if path.suffix == ".safetensors":
+        meta = checkpoints.read_metadata(path)
+        config = TCMoAConfig.from_dict(meta["config"])
+    else:
+        state, _ = checkpoints.read_torch_checkpoint(path)
+        config = checkpoints.infer_config(state)
+    return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, checkpoints.file_sha256(path), config.to_dict())
+

@@ -49,6 +49,49 @@ class Fuser(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Resolved device type and precision (`tcmoa.devices.resolve_placement`): what results depend
+    on, so unit ids hash it (a GPU's index does not matter)."""
+
+    device: str  # 'cpu' or 'cuda'
+    precision: str  # 'fp32' or 'bf16'
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto", weights: str = "") -> "Placement":
+        if weights.startswith("baseline:"):  # classical baselines compute in numpy float64
+            return cls("cpu", "fp32")
+        from tcmoa.devices import resolve_placement  # imports torch: only where a model will run
+
+        return resolve_placement(device, precision)
+
+    @classmethod
+    def of(cls, fuser: "Fuser") -> "Placement":
+        """Where a fuser already built runs (stand-ins and baselines: the CPU in fp32)."""
+        return cls(getattr(getattr(fuser, "device", None), "type", "cpu"), getattr(fuser, "precision", "fp32"))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What planning needs to know about a model, read without building or loading the network
+    (`tcmoa.inference.model_info`): a driver without a GPU plans a job from this alone."""
+
+    name: str  # the fuser's name (what `Fuser.name` will say)
+    tile_multiple: int  # tile sides must be multiples of this
+    weights: str  # the weights spec as given ('default', a path, 'random:tiny', 'baseline:NAME')
+    weights_sha256: str | None  # of the weights file; None where there is no file
+    config: dict[str, Any] = field(default_factory=dict)  # the network's configuration
+    trained: bool = True
+
+    @classmethod
+    def of(cls, fuser: "Fuser", weights: str = "") -> "ModelInfo":
+        """The info of a fuser already built (tests, stand-ins, baselines)."""
+        provenance = fuser.provenance() if hasattr(fuser, "provenance") else {}
+        info = provenance.get("weights", {}) if isinstance(provenance.get("weights"), dict) else {}
+        return cls(getattr(fuser, "name", type(fuser).__name__), int(getattr(fuser, "tile_multiple", 1) or 1),
+                   weights, info.get("sha256"), provenance.get("config", {}), info.get("trained", True))
+
+
 def as_nhwc(x: Any, what: str = "image") -> np.ndarray:
     """Accept HxW, HxWxC or NxHxWxC arrays (numpy or torch) and return float32 NHWC.
 

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcmoa.config import TCMoAConfig, get_config
+from tcmoa.devices import autocast_dtype, resolve_device, resolve_precision
 from tcmoa.data import find_layout, list_images, random_resized_crop_box, read_image01, stream_loader, PairStream
 from tcmoa.model import normalize
-from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write, autocast_dtype,
-                             distributed, gather, parameter_groups, pick_device, record_config, rng_state, seed_rank,
+from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write,
+                             distributed, gather, parameter_groups, record_config, rng_state, seed_rank,
                              set_rng_state, warmup_cosine_lr)
 from tcmoa.synth import skimage_photos
 from tcmoa.train_config import PretrainConfig
@@ -215,8 +216,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = True, device: "torch.devi
              progress: bool = True) -> PretrainResult:
     """MAE pre-training as `config` says; resumes from the run directory's last checkpoint."""
     rank, world = distributed()
-    dev = torch.device(device) if isinstance(device, str) else (device or pick_device(config.device))
-    autocast = autocast_dtype(config.precision, dev)
+    dev = resolve_device(device or config.device)
+    autocast = autocast_dtype(resolve_precision(config.precision, dev))
     if config.threads:
         torch.set_num_threads(config.threads)
     cfg = get_config(config.model)

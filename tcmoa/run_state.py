@@ -206,21 +206,6 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU for 'auto' (and anywhere for 'bf16'); None means fp32."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def all_mean(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
     """Average scalar metrics over ranks (a collective: every rank calls it with the same keys)."""
     if world == 1:

@@ -31,12 +31,13 @@ from PIL import Image
 
 from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, read_metadata, save_model
 from tcmoa.config import get_config, task_index
+from tcmoa.devices import autocast_dtype, resolve_device, resolve_precision
 from tcmoa.data import ConcatPairs, PairFolder, PairSource, PairStream, PairTransform, stream_loader
 from tcmoa.guided import guided_training_image, prompt_share
 from tcmoa.losses import task_loss
 from tcmoa.model import TCMoA, decode_to_image01
-from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write, autocast_dtype,
-                             distributed, gather, parameter_groups, pick_device, record_config, rng_state, seed_rank,
+from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write,
+                             distributed, gather, parameter_groups, record_config, rng_state, seed_rank,
                              set_rng_state, tensors_digest, warmup_cosine_lr)
 from tcmoa.synth import SyntheticPairs, folder_photos, skimage_photos
 from tcmoa.train_config import DataEntry, TrainConfig
@@ -158,10 +159,10 @@ class _Trainer:
     def __init__(self, config: TrainConfig, device: torch.device | None, progress: bool):
         self.config = config
         self.rank, self.world = distributed()
-        self.device = device or pick_device(config.device)
+        self.device = resolve_device(device or config.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL collectives (all_gather_object) use the current device
-        self.autocast = autocast_dtype(config.precision, self.device)
+        self.autocast = autocast_dtype(resolve_precision(config.precision, self.device))
         self.progress = progress and self.rank == 0
         if config.threads:
             torch.set_num_threads(config.threads)

@@ -60,7 +60,7 @@ class TrainConfig:
     # Weight of the task's loss on the prompt-guided output (tcmoa.guided), added to the reference
     # loss on the decoder output: a direct signal for the prompts. 0: the reference recipe.
     guided_loss: float = 0.0
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 where the device computes it natively (tcmoa.devices)
     device: str = "auto"
     num_workers: int = 2  # data loader processes per task
     threads: int | None = None  # torch intra-op threads (None: torch's default)

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 import yaml
 
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.samples import write_samples
 from pipeline.spec import load_job
 from pipeline_support import ContextFuser

@@ -133,6 +133,70 @@ def pair_job(root: pathlib.Path, *, tile=112, overlap=32, block=128, chunk=64, f
     return doc
 
 
+def plan_with(job, fuser):
+    """The plan of `job` for a fuser already built (what the local runner plans with it)."""
+    from pipeline.plan import plan_job
+    from tcmoa.interface import Placement
+    from tcmoa.interface import ModelInfo
+
+    return plan_job(job, ModelInfo.of(fuser, job.model.weights), Placement("cpu", "fp32"))
+
+
+class KillOnceFuser(ContextFuser):
+    """Kills its own process (SIGKILL, like the OOM killer) in its first call of a test: the
+    marker file makes the restarted worker carry on."""
+
+    name = "stand-in:context"
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = pathlib.Path(marker)
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
+        import os
+        import signal
+
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+
+class SlowFuser(ContextFuser):
+    """ContextFuser taking `delay` s per call; leaves a file named after its Ray node in `trace`
+    (which nodes did model work)."""
+
+    name = "stand-in:context"
+
+    def __init__(self, delay: float, trace: str | None = None):
+        super().__init__()
+        self.delay, self.trace = delay, trace
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False) -> FusionResult:
+        import time
+
+        if self.trace:
+            import ray
+
+            (pathlib.Path(self.trace) / f"node-{ray.get_runtime_context().get_node_id()}").touch()
+        time.sleep(self.delay)
+        return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+
+def slow_average(delay: float):
+    """The 'average' baseline, `delay` s slower per call (same name: same job fingerprint)."""
+    import time
+
+    from tcmoa.baselines import AverageFuser
+
+    class SlowAverage(AverageFuser):
+        def fuse_batch(self, a, b, task="vif", *, return_prompts=False):
+            time.sleep(delay)
+            return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+    return SlowAverage()
+
+
 def output_pixels(outputs: pathlib.Path) -> dict[str, np.ndarray]:
     """Every output under a run's outputs folder as arrays, keyed by relative path (and Zarr array
     name): PNG through Pillow, GeoTIFF/TIFF through rasterio, each array of each Zarr store."""

@@ -150,7 +150,7 @@ def _demo_archive(root: pathlib.Path) -> None:
 @pytest.mark.slow
 def test_submit_wait_runs_the_job_on_the_cluster_like_a_local_run(ray_head, tmp_path, monkeypatch):
     _demo_archive(tmp_path)
-    local = CliRunner().invoke(main, ["run", str(tmp_path / "jobs" / "local.yaml"), "--quiet"])
+    local = CliRunner().invoke(main, ["run", str(tmp_path / "jobs" / "local.yaml"), "--local", "--quiet"])
     assert local.exit_code == 0, local.output
 
     # Submitted from another folder: the job file's relative paths still resolve to tmp_path.

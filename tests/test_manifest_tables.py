@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.manifest import STATUS_SCHEMA
 from pipeline.spec import parse_job
 from pipeline.tables import ITEMS_SCHEMA, PLAN_SCHEMA

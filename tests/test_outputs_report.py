@@ -15,7 +15,7 @@ from PIL import Image
 
 from outputs_support import demo_run  # noqa: F401  (session fixture)
 from pipeline.cli import main
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.report import write_report
 from pipeline.spec import parse_job
 from pipeline_support import ContextFuser, pair_job, random_raster, write_geotiff

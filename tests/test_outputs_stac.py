@@ -17,7 +17,7 @@ from PIL import Image
 
 from outputs_support import demo_run  # noqa: F401  (session fixture)
 from pipeline.acquisition import acquisition_time, parse_time
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.sources import SourceRef
 from pipeline.spec import parse_job
 from pipeline.stac import acquisition_properties

@@ -76,7 +76,7 @@ def test_cf_and_geozarr_attributes(demo_run):
 
 def test_zarr_format_2_stores_open_in_gdal_and_xarray_like_the_cog(tmp_path):
     """output.zarr_format: 2 writes stores GDAL 3.10 (so QGIS) reads with their CRS and grid."""
-    from pipeline.engine import run_job
+    from pipeline.runners.local import run_job
     from pipeline.spec import SpecError, parse_job
     from pipeline_support import ContextFuser, pair_job, random_raster, write_geotiff
 

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from PIL import Image
 
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.spec import parse_job
 from pipeline.status import run_status
 from pipeline_support import SourceAFuser, pair_job, random_raster, write_geotiff

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from pipeline import radiometry
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.spec import NormaliseSpec, parse_job
 from pipeline.tiling import Block, BlockAccumulator, axis_origins, blend_window, block_grid, make_grid, reflect_index, tiles_for_block
 from pipeline_support import ContextFuser, SourceAFuser, pair_job, random_raster, write_geotiff

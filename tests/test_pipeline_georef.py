@@ -12,7 +12,7 @@ import zarr
 from rasterio.warp import Resampling, reproject
 
 from conftest import shared_path
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.spec import parse_job
 from pipeline.writers import validate_cog
 from pipeline_support import SourceAFuser

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.engine import plan_job, run_job
+from pipeline.runners.local import run_job
 from pipeline.manifest import RunDir, RunDirError
 from pipeline.spec import parse_job
 from pipeline.status import run_status
-from pipeline_support import ContextFuser, SourceAFuser, pair_job, write_fast_demo_job, write_pair_archive
+from pipeline_support import ContextFuser, SourceAFuser, pair_job, plan_with, write_fast_demo_job, write_pair_archive
 
 
 def _archive(root: pathlib.Path, scenes=("s1", "s2"), shape=(200, 230)) -> None:
@@ -47,7 +47,7 @@ class CountingContextFuser(ContextFuser):
 def test_unit_ids_are_deterministic_and_follow_inputs_and_parameters(tmp_path):
     _archive(tmp_path)
     doc = pair_job(tmp_path)
-    ids = lambda d: [u.unit_id for u in plan_job(parse_job(d, base=tmp_path), SourceAFuser()).all_units]
+    ids = lambda d: [u.unit_id for u in plan_with(parse_job(d, base=tmp_path), SourceAFuser()).all_units]
     first = ids(doc)
     assert first == ids(doc) and len(set(first)) == len(first) == 2 * 4
     assert set(ids({**doc, "tiling": {**doc["tiling"], "overlap": 16}})).isdisjoint(first)
@@ -56,14 +56,12 @@ def test_unit_ids_are_deterministic_and_follow_inputs_and_parameters(tmp_path):
     assert changed[:4] == first[:4] and set(changed[4:]).isdisjoint(first[4:])
 
 
-def test_rerun_needs_resume_and_skips_done_work(tmp_path):
+def test_rerun_skips_done_work(tmp_path):
     _archive(tmp_path)
     job = parse_job(pair_job(tmp_path), base=tmp_path)
     assert run_job(job, fuser=SourceAFuser(), progress=False).items_done == 2
-    with pytest.raises(RunDirError, match="--resume"):
-        run_job(job, fuser=SourceAFuser(), progress=False)
     fuser = SourceAFuser()
-    again = run_job(job, fuser=fuser, resume=True, progress=False)
+    again = run_job(job, fuser=fuser, progress=False)
     assert (again.items_skipped, again.units_run, fuser.calls) == (2, 0, 0)
 
 
@@ -73,14 +71,14 @@ def test_crash_then_retry_failed_finishes_only_what_is_missing(tmp_path):
     run_job(parse_job(straight_doc, base=tmp_path), fuser=ContextFuser(), progress=False)
 
     job = parse_job(pair_job(tmp_path), base=tmp_path)
-    units = plan_job(job, SourceAFuser()).all_units
+    units = plan_with(job, SourceAFuser()).all_units
     calls = [-(-u.tiles // job.model.batch_size) for u in units]  # model calls per block
     crashed = run_job(job, fuser=CrashingFuser(budget=sum(calls[:6])), progress=False)  # dies in block 7 of 8
     assert crashed.items_done == 1 and crashed.failures[0]["item_id"] == "s2"
     assert "worker lost" in crashed.failures[0]["error"]
     assert not (tmp_path / "out" / "s2.tif").exists()  # no partial output
 
-    skipped = run_job(job, fuser=CountingContextFuser(), resume=True, progress=False)
+    skipped = run_job(job, fuser=CountingContextFuser(), progress=False)
     assert skipped.failures and "--retry-failed" in skipped.failures[0]["error"]
 
     fuser = CountingContextFuser()
@@ -97,7 +95,7 @@ def test_crash_then_retry_failed_finishes_only_what_is_missing(tmp_path):
 def test_done_records_are_not_trusted_without_their_store(tmp_path):
     _archive(tmp_path, scenes=("s1",))
     job = parse_job(pair_job(tmp_path), base=tmp_path)
-    calls = [-(-u.tiles // job.model.batch_size) for u in plan_job(job, SourceAFuser()).all_units]
+    calls = [-(-u.tiles // job.model.batch_size) for u in plan_with(job, SourceAFuser()).all_units]
     run_job(job, fuser=CrashingFuser(budget=sum(calls[:2])), progress=False)
     import shutil
 
@@ -112,7 +110,7 @@ def test_another_job_is_refused_on_a_run_directory(tmp_path):
     run_job(parse_job(pair_job(tmp_path), base=tmp_path), fuser=SourceAFuser(), progress=False)
     other = parse_job(pair_job(tmp_path, overlap=16), base=tmp_path)
     with pytest.raises(RunDirError, match=r"belongs to job 'test'.*tiling\.overlap"):
-        run_job(other, fuser=SourceAFuser(), resume=True, progress=False)
+        run_job(other, fuser=SourceAFuser(), progress=False)
 
 
 def test_run_directory_lock(tmp_path):
@@ -160,7 +158,7 @@ def test_samples_and_the_demo_job(tmp_path):
     plan = json.loads(dry.output)
     assert plan["totals"]["items"] == 6 and plan["collections"]["focus"]["model_calls"] > 0
 
-    run = _invoke("run", tmp_path / "jobs" / "demo.yaml", "--json")
+    run = _invoke("run", tmp_path / "jobs" / "demo.yaml", "--local", "--json")
     assert run.exit_code == 0, run.output
     summary = json.loads(run.output)
     assert summary["items_done"] == 6 and not summary["failures"]
@@ -201,7 +199,7 @@ def test_fuse_guided_reconstruction_keeps_the_dominant_sources_pixels(tmp_path):
 
 
 def test_job_spec_model_reconstruction(tmp_path):
-    from pipeline.engine import load_model_fuser
+    from pipeline.runners.local import load_model_fuser
     from pipeline.spec import SpecError, parse_job
 
     _archive(tmp_path, scenes=("s1",), shape=(60, 70))
@@ -227,9 +225,9 @@ def test_quiet_and_json_modes(tmp_path):
     _archive(tmp_path, scenes=("s1",), shape=(60, 70))
     doc = pair_job(tmp_path, model={"weights": "baseline:average"})
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
-    quiet = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--quiet"])
+    quiet = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--local", "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == ""
-    again = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--resume", "--json"])
+    again = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--local", "--json"])
     assert json.loads(again.output)["items_skipped"] == 1
 
 
@@ -238,21 +236,22 @@ def test_units_are_plain_data_and_idempotent(tmp_path):
     unit twice writes the same block with the same checksum."""
     import pickle
 
-    from pipeline.engine import prepare_item, process_unit, store_path
+    from pipeline.items import prepare_item, store_path, stretches_from_json
+    from pipeline.unit import process_unit
 
     _archive(tmp_path, scenes=("s1",))
     job = parse_job(pair_job(tmp_path), base=tmp_path)
     fuser = ContextFuser()
-    plan = plan_job(job, fuser)
+    plan = plan_with(job, fuser)
     item = plan.items[0]
-    run_dir = RunDir(job.run_dir)
-    stretches, fresh = prepare_item(plan, item, run_dir, fuser, None)
+    work_dir = RunDir(job.run_dir).work_dir
+    stretches = stretches_from_json(prepare_item(plan.run_info, item, work_dir))
     unit = plan.units[item.key][1]
     shipped_unit, shipped_item, shipped_stretches = pickle.loads(pickle.dumps((unit, item, stretches)))
-    first = process_unit(shipped_unit, shipped_item, shipped_stretches, store_path(run_dir, item), fuser)
-    second = process_unit(unit, item, stretches, store_path(run_dir, item), fuser)
-    assert fresh and first["checksum"] == second["checksum"]
-    data = zarr.open_group(store_path(run_dir, item), mode="r")["fused"][:]
+    first = process_unit(shipped_unit, shipped_item, shipped_stretches, store_path(work_dir, item), fuser)
+    second = process_unit(unit, item, stretches, store_path(work_dir, item), fuser)
+    assert first["checksum"] == second["checksum"]
+    data = zarr.open_group(store_path(work_dir, item), mode="r")["fused"][:]
     own = np.zeros(data.shape[1:], bool)
     own[unit.block.y0:unit.block.y1, unit.block.x0:unit.block.x1] = True
     assert data[:, own].any() and not data[:, ~own].any()  # it wrote its own block and nothing else

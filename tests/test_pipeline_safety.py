@@ -25,11 +25,12 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.discover import _safe_id
-from pipeline.engine import plan_job, run_job, store_path
+from pipeline.items import store_path
+from pipeline.runners.local import run_job
 from pipeline.manifest import RunDir
 from pipeline.spec import parse_job
 from pipeline.status import run_status
-from pipeline_support import ContextFuser, SourceAFuser, output_files, pair_job, write_pair_archive
+from pipeline_support import ContextFuser, SourceAFuser, output_files, pair_job, plan_with, write_pair_archive
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,8 +44,12 @@ def _job(root: pathlib.Path, **changes):
 
 
 def _cli(*args, env=None):
-    """Invoke `tcmoa` in-process; stdout and stderr apart (errors go to stderr)."""
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
+    """Invoke `tcmoa` in-process (`run` with the in-process runner: the monkeypatches here act in
+    this process); stdout and stderr apart (errors go to stderr)."""
+    args = [str(a) for a in args]
+    if args[0] == "run":
+        args.insert(1, "--local")
+    return CliRunner().invoke(main, args, catch_exceptions=False, env=env)
 
 
 def _one_line_error(result, *words) -> str:
@@ -214,7 +219,7 @@ def test_case4_blocks_are_fsynced_before_done_and_rechecked_before_export(tmp_pa
     first = run_job(job, fuser=CrashingFuser(budget=4), progress=False)  # 4 of 6 blocks done, then a crash
     assert first.units_run == 4 and len(recorded_units) == 4
 
-    store = store_path(RunDir(tmp_path / "run"), plan_job(job, ContextFuser()).items[0])
+    store = store_path(RunDir(tmp_path / "run").work_dir, plan_with(job, ContextFuser()).items[0])
     (store / "fused" / "c" / "0" / "0" / "0").unlink()  # block 0,0 lost a chunk after a kill: silent zeros
     with open(store / "fused" / "c" / "0" / "0" / "2", "r+b") as fh:  # block 0,1: "Zstd decompression error", no path
         fh.truncate(10)
@@ -332,7 +337,7 @@ def test_case7_max_pixels_is_checked_from_headers_before_decoding(tmp_path):
                    extra_output={"formats": ["png"]})
     tracemalloc.start()
     try:
-        plan = plan_job(parse_job(doc, base=tmp_path), SourceAFuser())
+        plan = plan_with(parse_job(doc, base=tmp_path), SourceAFuser())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -360,7 +365,7 @@ def test_case7_max_pixels_is_checked_from_headers_before_decoding(tmp_path):
 # ----------------------------------------------------------------------------- 8. kills and SIGTERM
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import pipeline.engine
+    import pipeline.runners.local as local
     from pipeline.cli import main
     from pipeline_support import ContextFuser
 
@@ -372,8 +377,9 @@ SCRIPT = textwrap.dedent("""
                 os.kill(os.getpid(), getattr(signal, sys.argv[3]))
             return super().fuse_batch(a, b, task, return_prompts=return_prompts)
 
-    pipeline.engine.load_model_fuser = lambda model: Fuser()
-    main(["run", sys.argv[1], "--resume", "--quiet"], prog_name="tcmoa")
+    run_job = local.run_job
+    local.run_job = lambda job, fuser=None, **kwargs: run_job(job, fuser=Fuser(), **kwargs)
+    main(["run", sys.argv[1], "--local", "--quiet"], prog_name="tcmoa")
 """)
 
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import fsio
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.spec import parse_job
 from pipeline.status import run_status
 from pipeline.verify import verify_run

@@ -11,7 +11,7 @@ import zarr
 from PIL import Image, ImageOps
 
 from pipeline.discover import discover
-from pipeline.engine import run_job
+from pipeline.runners.local import run_job
 from pipeline.samples import write_samples
 from pipeline.spec import SpecError, load_job, parse_job
 from pipeline_support import SourceAFuser, random_raster, write_geotiff

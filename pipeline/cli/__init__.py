@@ -13,6 +13,7 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("pipeline.cli.run_cmds:samples", "Write a small generated sample archive (photos, stacks, GeoTIFFs)."),
     "run": ("pipeline.cli.run_cmds:run", "Run a fusion job over an archive (resumable)."),
+    "resume": ("pipeline.cli.run_cmds:resume", "Finish a run directory's job: redo only what is not verified done."),
     "status": ("pipeline.cli.run_cmds:status", "Show the items, units and failures of a run directory."),
     "submit": ("pipeline.cli.cluster_cmds:submit", "Run a job on a remote Ray cluster (Jobs API); --wait follows it."),
     "logs": ("pipeline.cli.cluster_cmds:logs", "Print or follow the logs of a submitted job."),

@@ -76,63 +76,130 @@ def _print_summary(summary, mode: str | None, hint: str | None = None) -> None:
         click.echo(hint or f"Run `tcmoa status {summary.run_dir}` for the failure list with tracebacks.")
 
 
-def _run(job, fuser, *, resume: bool, retry_failed: bool, mode: str | None, hint: str | None = None) -> None:
+def _runner_options(function):
+    """Flags shared by `run` and `resume`: where the work runs and what of it."""
+    function = click.option("--only", "only", default="", metavar="IDS",
+                            help="Comma-separated item keys (collection/item), item ids or unit ids (or id prefixes): run only these.")(function)
+    function = click.option("--retry-failed", is_flag=True, help="Also re-run what failed in earlier runs.")(function)
+    function = click.option("--address", default=None, metavar="ADDR", help="Join this Ray cluster (e.g. ray://head:10001 or head:6379) instead of starting one.")(function)
+    function = click.option("--workers", type=click.IntRange(min=1), default=None,
+                            help="Model workers on Ray (default: one per GPU, else 1).")(function)
+    return click.option("--local", is_flag=True, help="Run in this process, without Ray (debugging).")(function)
+
+
+def _run(job, *, local: bool, workers: int | None, address: str | None, retry_failed: bool, only: str,
+         mode: str | None, source: dict | None, fuser=None, hint: str | None = None) -> None:
     """Run the job and exit with its code (errors that stop it reach `_errors_as_exit_codes`)."""
-    from pipeline.engine import run_job
+    from pipeline.schedule import Options
 
     def report(message: str) -> None:
         if mode != "json":
             click.echo(message, err=True)
 
-    summary = run_job(job, fuser=fuser, resume=resume, retry_failed=retry_failed, progress=mode is None, report=report)
+    options = Options(retry_failed=retry_failed, only=frozenset(i.strip() for i in only.split(",") if i.strip()))
+    common = dict(options=options, progress=mode is None, report=report, source=source)
+    _warn_untrained(job, mode)
+    if local or fuser is not None:
+        from pipeline.runners.local import run_job
+
+        summary = run_job(job, fuser=fuser, **common)
+    else:
+        from pipeline.runners.ray import run_job
+
+        summary = run_job(job, workers=workers, address=address, **common)
     _print_summary(summary, mode, hint)
     sys.exit(EXIT_ITEMS_FAILED if summary.failures else 0)
 
 
-def _load_fuser(job):
-    from pipeline.engine import load_model_fuser
+def _warn_untrained(job, mode: str | None) -> None:
+    from tcmoa.inference import model_info
 
     try:
-        return load_model_fuser(job.model)
-    except (OSError, ValueError, RuntimeError) as exc:
+        info = model_info(job.model.weights)
+    except (OSError, ValueError) as exc:
         _fail(f"model {job.model.weights!r}: {exc}")
+    if not info.trained and not job.model.weights.startswith("baseline:") and mode != "json":
+        click.echo(f"warning: weights {job.model.weights!r} are an UNTRAINED random-init {info.config.get('name', '')} model: "
+                   "the outputs show the plumbing, not real fusion. Pass trained weights to fuse for real.", err=True)
+
+
+def _job_source(job_file: pathlib.Path, document: dict) -> dict:
+    return {"path": str(job_file.resolve()), "base": str(job_file.resolve().parent), "document": document}
 
 
 @click.command("run")
 @click.argument("job_file", type=click.Path(dir_okay=False, path_type=pathlib.Path))
-@click.option("--dry-run", is_flag=True, help="Print the plan (items, units, pixels, estimated time) and stop.")
-@click.option("--resume", is_flag=True, help="Continue a run in this run directory: done blocks are skipped.")
-@click.option("--retry-failed", is_flag=True, help="Like --resume, and re-run what failed before.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (items, units, pixels, tiles) and stop; the weights are not loaded.")
+@click.option("--estimate", is_flag=True, help="With --dry-run: load the model and time it to estimate the model time.")
+@click.option("--resume", is_flag=True, hidden=True, help="Accepted for old scripts: a run always resumes its run directory.")
+@_runner_options
 @_output_mode
 @_errors_as_exit_codes
-def run(job_file: pathlib.Path, dry_run: bool, resume: bool, retry_failed: bool, mode: str | None,
-        show_traceback: bool) -> None:
-    """Fuse every item of the archive described by JOB_FILE."""
+def run(job_file: pathlib.Path, dry_run: bool, estimate: bool, resume: bool, local: bool, workers: int | None,
+        address: str | None, retry_failed: bool, only: str, mode: str | None, show_traceback: bool) -> None:
+    """Fuse every item of the archive described by JOB_FILE (on an embedded local Ray by default).
+
+    Run again on the same run directory, it does only what is not verified done: the items an
+    archive gained since, the units a crash left."""
+    import yaml
+
     from pipeline.spec import SpecError, load_job
 
     try:
         job = load_job(job_file)
     except SpecError as exc:
         _fail(str(exc))
-    fuser = _load_fuser(job)
     if dry_run:
-        _dry_run(job, fuser, mode)
+        _dry_run(job, mode, estimate)
         return
-    _run(job, fuser, resume=resume, retry_failed=retry_failed, mode=mode)
+    _run(job, local=local, workers=workers, address=address, retry_failed=retry_failed, only=only, mode=mode,
+         source=_job_source(job_file, yaml.safe_load(job_file.read_text())))
 
 
-def _dry_run(job, fuser, mode: str | None) -> None:
-    from pipeline.engine import describe_plan, plan_job
+@click.command("resume")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path))
+@_runner_options
+@_output_mode
+@_errors_as_exit_codes
+def resume(run_dir: pathlib.Path, local: bool, workers: int | None, address: str | None, retry_failed: bool,
+           only: str, mode: str | None, show_traceback: bool) -> None:
+    """Finish the job of RUN_DIR: redo only what is not verified done (after a crash, a stop, a lost driver)."""
+    from pipeline.runners.session import JOB_SOURCE
+    from pipeline.spec import SpecError, parse_job
 
     try:
-        plan = plan_job(job, fuser)
-    except ValueError as exc:
+        source = json.loads((run_dir / JOB_SOURCE).read_text())
+    except (OSError, ValueError) as exc:
+        _fail(f"{run_dir}: no job to resume here ({JOB_SOURCE}: {exc})")
+    try:
+        job = parse_job(source["document"], base=pathlib.Path(source["base"]))
+    except SpecError as exc:
         _fail(str(exc))
+    if job.run_dir.resolve() != run_dir.resolve():
+        _fail(f"{run_dir}: its job writes to {job.run_dir}, not here (moved run directory?)")
+    _run(job, local=local, workers=workers, address=address, retry_failed=retry_failed, only=only, mode=mode, source=source)
+
+
+def _dry_run(job, mode: str | None, estimate: bool) -> None:
+    from pipeline.plan import describe_plan, plan_job
+    from pipeline.runners.local import load_model_fuser
+    from pipeline.runners.session import recorded_infos
+    from pipeline.manifest import RunDir
+    from tcmoa.interface import Placement
+    from tcmoa.inference import model_info
+
+    try:
+        placement = Placement.resolve(job.model.device, job.model.precision, job.model.weights)
+        plan = plan_job(job, model_info(job.model.weights), placement, recorded_infos(RunDir(job.run_dir)))
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    fuser = load_model_fuser(job.model, placement) if estimate else None
     described = describe_plan(plan, fuser)
     if mode == "json":
         click.echo(json.dumps(described, indent=2, default=str))
         return
-    click.echo(f"job {job.name}  run_dir {job.run_dir}  fingerprint {plan.fingerprint[:12]}")
+    click.echo(f"job {job.name}  run_dir {job.run_dir}  fingerprint {plan.fingerprint[:12]}  "
+               f"model {plan.model.name} ({placement.device}, {placement.precision})")
     click.echo(f"{'collection':<16}{'items':>7}{'units':>7}{'Mpx':>10}{'tiles':>8}{'model calls':>13}")
     for name, c in described["collections"].items():
         click.echo(f"{name:<16}{c['items']:>7}{c['units']:>7}{c['pixels'] / 1e6:>10.2f}{c['tiles']:>8}{c['model_calls']:>13}")
@@ -140,7 +207,10 @@ def _dry_run(job, fuser, mode: str | None) -> None:
     click.echo(f"{'total':<16}{t['items']:>7}{t['units']:>7}{t['pixels'] / 1e6:>10.2f}{t['tiles']:>8}{t['model_calls']:>13}")
     if t["grid_tiles"]:
         click.echo(f"tiles computed / tiles in the grids: {t['tiles'] / t['grid_tiles']:.2f} (halo recomputation at block edges)")
-    click.echo(f"estimated model time: {described['estimated_seconds']:.0f} s on this machine ({fuser.name})")
+    if described["estimated_seconds"] is not None:
+        click.echo(f"estimated model time: {described['estimated_seconds']:.0f} s on this machine, one worker ({fuser.name})")
+    else:
+        click.echo("model time: pass --estimate to time the model here (it loads the weights)")
     for note in described["notes"]:
         click.echo(note, err=True)
     for failure in described["failures"]:
@@ -269,13 +339,14 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
         "overwrite": overwrite,
     }
     job = parse_job(document, base=pathlib.Path.cwd())
-    fuser = _load_fuser(job)
     if run_dir is not None:
-        _run(job, fuser, resume=True, retry_failed=False, mode=mode)
+        _run(job, local=True, workers=None, address=None, retry_failed=False, only="", mode=mode,
+             source={"path": None, "base": str(pathlib.Path.cwd()), "document": document})
     # without --run-dir the manifest lives in a temporary folder, created only now and always removed
     tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix="tcmoa-fuse-"))
     try:
-        _run(dataclasses.replace(job, run_dir=tmp_dir), fuser, resume=False, retry_failed=False, mode=mode,
+        _run(dataclasses.replace(job, run_dir=tmp_dir), local=True, workers=None, address=None, retry_failed=False,
+             only="", mode=mode, source=None,
              hint="Give --run-dir DIR to keep the run's manifest (failures with tracebacks) for `tcmoa status DIR`.")
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
