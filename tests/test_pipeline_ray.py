@@ -150,7 +150,7 @@ def test_a_second_node_killed_mid_run(tmp_path, ray_cluster):
         if node.poll() is None:
             os.killpg(os.getpgid(node.pid), signal.SIGKILL)
         node.wait()
-    assert summary.items_done == 3 and not summary.failures
+    assert summary.items_done == 3 and not summary.failures, summary.failures
     assert_same_outputs(tmp_path / "ref_out", tmp_path / "out")
     _no_temporaries(tmp_path / "run")
 

@@ -240,7 +240,11 @@ def run_job(
             actors = [
                 remote["worker"].options(
                     num_gpus=gpus, num_cpus=0 if gpus else threads, max_concurrency=DEPTH, max_restarts=RETRIES,
-                    max_task_retries=RETRIES, scheduling_strategy="SPREAD",
+                    # A call is retried until its actor is back or dead for good (restarts are bounded): a
+                    # fixed count ran out while a lost node was still being detected on a loaded machine,
+                    # failing units that a restarted worker would have done. Application errors are
+                    # never retried (no retry_exceptions).
+                    max_task_retries=-1, scheduling_strategy="SPREAD",
                 ).remote(job.model, placement, threads, fuser_factory)
                 for _ in range(count)
             ]
