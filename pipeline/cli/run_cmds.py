@@ -269,7 +269,7 @@ def verify(run_dir: pathlib.Path, mode: str | None, show_traceback: bool) -> Non
         for problem in problems:
             click.echo(f"MISMATCH {problem.item}: {problem}", err=True)
         if mode != "quiet":
-            verdict = f"{len(problems)} problem(s); `tcmoa run JOB --resume` redoes them" if problems else "all as recorded"
+            verdict = f"{len(problems)} problem(s); `tcmoa resume RUN_DIR` redoes them" if problems else "all as recorded"
             click.echo(f"{run_dir}: {report['checked_outputs']} output(s) and {report['checked_blocks']} block(s) checked: {verdict}")
     sys.exit(EXIT_ITEMS_FAILED if problems else 0)
 
