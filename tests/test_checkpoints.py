@@ -216,3 +216,18 @@ def test_convert_command_merges_mae_and_tcmoa_files(tmp_path):
     torch.testing.assert_close(outputs(load_fuser(str(alone)).model), outputs(source), atol=0, rtol=0)
     info = CliRunner().invoke(cli, ["info", str(out)])
     assert info.exit_code == 0 and '"trainable"' in info.output
+
+
+def test_info_describes_the_default_and_random_specs_without_a_file(tmp_path):
+    result = CliRunner().invoke(cli, ["info", "default"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.output)
+    assert described["parameters"]["total"] > 0 and described["config"]
+    from tcmoa.inference import DEFAULT_WEIGHTS
+
+    if not DEFAULT_WEIGHTS.is_file():  # until trained weights ship, `default` is the untrained tiny model
+        assert described["provenance"]["trained"] is False and described["config"]["embed_dim"] == 64
+    small = json.loads(CliRunner().invoke(cli, ["info", "random:small"]).output)
+    assert small["config"]["embed_dim"] == 192
+    missing = CliRunner().invoke(cli, ["info", str(tmp_path / "absent.safetensors")])
+    assert missing.exit_code == 1 and "absent.safetensors: no such weights file" in missing.output

@@ -80,12 +80,33 @@ def convert(mae_path: str | None, tcmoa_path: str | None, config_name: str | Non
 
 
 @click.command("info")
-@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.argument("weights")
 def info(weights: str) -> None:
-    """Print the configuration, parameter counts and provenance of a weights file."""
+    """Print the configuration, parameter counts and provenance of WEIGHTS: a weights file,
+    `default` (the package's default model) or `random:CONFIG` (an untrained network)."""
     from tcmoa import checkpoints
-    from tcmoa.model import count_parameters
+    from tcmoa.inference import DEFAULT_WEIGHTS
+    from tcmoa.model import TCMoA, count_parameters
 
+    if weights == "default" and DEFAULT_WEIGHTS.is_file():
+        weights = str(DEFAULT_WEIGHTS)
+    elif weights == "default" or weights.startswith("random:"):
+        # No file behind it: the untrained network the same spec gives every other command.
+        from tcmoa.config import TCMoAConfig
+        from tcmoa.inference import model_info
+
+        try:
+            described = model_info(weights)
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(f"weights {weights!r}: {exc}") from exc
+        model = TCMoA(TCMoAConfig.from_dict(described.config))
+        click.echo(json.dumps({"config": described.config, "parameters": count_parameters(model),
+                               "provenance": {"weights": weights, "trained": False,
+                                              "note": "untrained, randomly initialised: no weights file"},
+                               "sha256": None}, indent=2))
+        return
+    if not pathlib.Path(weights).is_file():
+        raise click.ClickException(f"{weights}: no such weights file (or use 'default' / 'random:CONFIG')")
     try:
         model, meta = checkpoints.load_model(weights)
     except checkpoints.CheckpointError as exc:
