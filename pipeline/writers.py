@@ -20,11 +20,7 @@ from typing import Any
 
 import numpy as np
 
-# atomic writes, removal and checksums live in fsio; these names stay importable from here for older callers
-from pipeline.fsio import (  # noqa: F401
-    atomic_path, check_writable, fsync_files, move_into_place, remove, remove_stale_temporaries, sha256_file,
-    sha256_output, temporary_sibling,
-)
+from pipeline.fsio import atomic_path, fsync_files, remove, temporary_sibling
 from pipeline import crs_forms
 from pipeline.errors import one_line
 from pipeline.sources import Grid

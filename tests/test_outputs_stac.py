@@ -21,7 +21,7 @@ from pipeline.runners.local import run_job
 from pipeline.sources import SourceRef
 from pipeline.spec import parse_job
 from pipeline.stac import acquisition_properties
-from pipeline.writers import sha256_output
+from pipeline.fsio import sha256_output
 from pipeline_support import SourceAFuser, pair_job, random_raster, write_geotiff
 from stac_support import OfflineValidator, use_offline_validator
 

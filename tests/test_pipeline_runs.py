@@ -136,7 +136,7 @@ def test_manifest_tables(tmp_path):
     assert all(json.loads(r["timings"])["tiles"] > 0 for r in units)
     items = [r for r in records if r["kind"] == "item"]
     assets = json.loads(items[0]["info"])["assets"]
-    from pipeline.writers import sha256_file
+    from pipeline.fsio import sha256_file
 
     assert assets["cog"]["sha256"] == sha256_file(pathlib.Path(assets["cog"]["path"]))
     assert summary.pixels == 2 * 200 * 230
