@@ -23,6 +23,7 @@ import yaml
 import zarr
 from click.testing import CliRunner
 
+from pipeline import fsio
 from pipeline.cli import main
 from pipeline.discover import _safe_id
 from pipeline.items import store_path
@@ -60,10 +61,6 @@ def _one_line_error(result, *words) -> str:
     for word in words:
         assert str(word) in lines[0], lines[0]
     return lines[0]
-
-
-def _is_temporary(path: pathlib.Path) -> bool:
-    return path.name.startswith(".") and ".tmp-" in path.name
 
 
 def _reference_outputs(job, fuser) -> dict[str, bytes]:
@@ -424,7 +421,7 @@ def test_case8_temporaries_of_an_interrupted_export_are_removed_at_the_next_star
     (out / ".s1.zarr.tmp-dead0003").mkdir()
     summary = run_job(job, fuser=SourceAFuser(), resume=True, progress=False)
     assert summary.items_skipped == 2 and summary.temporaries_removed == 3
-    assert not [p for p in out.iterdir() if _is_temporary(p)]
+    assert not [p for p in out.iterdir() if fsio.is_temporary(p)]
 
 
 # ----------------------------------------------------------------------------- 9. clear messages
@@ -447,7 +444,7 @@ def test_case9_messages_name_the_file_and_the_cause(tmp_path, monkeypatch):
     summary = run_job(_job(tmp_path, formats=["cog"]), fuser=SourceAFuser(), progress=False)
     error = summary.failures[0]["error"]
     assert str(tmp_path / "out" / "s1.tif") in error and "No space left on device" in error and "previous exception" not in error
-    assert not [p for p in (tmp_path / "out").iterdir() if _is_temporary(p)]
+    assert not [p for p in (tmp_path / "out").iterdir() if fsio.is_temporary(p)]
     monkeypatch.undo()
 
     # a truncated uncompressed OME-TIFF stack, a symlink loop
