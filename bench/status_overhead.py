@@ -59,7 +59,7 @@ def main() -> None:
               f"= {100 * summary.status_flush_s / summary.seconds:.2f}% of the run (target < 1%); "
               f"all fsyncs {fsync_s[0]:.3f} s = {100 * fsync_s[0] / summary.seconds:.2f}%")
         start = time.perf_counter()
-        again = run_job(job, fuser=fuser, progress=False, resume=True)
+        again = run_job(job, fuser=fuser, progress=False)
         verify_s = time.perf_counter() - start
         assert again.items_skipped == 1 and not again.redone
         print(f"resume of the finished run (every output re-checked: size, sha256): {verify_s:.2f} s "

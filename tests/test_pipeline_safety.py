@@ -143,8 +143,8 @@ def test_case2_an_output_that_resolves_to_an_input_is_always_refused(tmp_path):
     doc = pair_job(tmp_path, block=64, chunk=32, formats=["cog"], overwrite=True,
                    extra_output={"dir": str(tmp_path), "name": "{item}_b"})  # s1's output s1_b.tif is its input
     inputs = {p: p.read_bytes() for p in tmp_path.glob("*.tif")}
-    for resume in (False, True):  # and each later --resume refuses again (nothing is fused twice)
-        summary = run_job(parse_job(doc, base=tmp_path), fuser=SourceAFuser(), resume=resume, progress=False)
+    for _ in range(2):  # the first run and each later --resume refuse again (nothing is fused twice)
+        summary = run_job(parse_job(doc, base=tmp_path), fuser=SourceAFuser(), progress=False)
         assert summary.items_done == 0 and summary.units_run == 0
         assert all("is the input file" in f["error"] for f in summary.failures), summary.failures
     assert {p: p.read_bytes() for p in tmp_path.glob("*.tif")} == inputs
@@ -171,7 +171,7 @@ def test_case3_resume_and_status_check_the_recorded_outputs(tmp_path):
     table = _cli("status", tmp_path / "run")
     assert "damaged" in table.output and "3 damaged" in table.output
 
-    again = run_job(job, fuser=ContextFuser(), resume=True, progress=False)
+    again = run_job(job, fuser=ContextFuser(), progress=False)
     assert again.items_skipped == 0 and again.items_done == 3, again
     redone = {r["path"]: r["reason"] for r in again.redone}
     assert set(redone) == {str(out / "s1.tif"), str(out / "s2.zarr"), str(out / "s3.tif")}, redone
@@ -405,7 +405,7 @@ def test_case8_finished_blocks_are_recorded_before_a_kill_and_sigterm_stops_clea
     assert lines == [lines[-1]] and "SIGTERM" in lines[-1] and "--resume" in lines[-1], stopped.stderr
     assert _done_units(tmp_path / "run") == 4
 
-    summary = run_job(job, fuser=ContextFuser(), resume=True, progress=False)
+    summary = run_job(job, fuser=ContextFuser(), progress=False)
     assert summary.units_skipped == 4 and summary.units_run == 2 and summary.items_done == 1
     assert output_files(tmp_path / "out") == reference
 
@@ -419,7 +419,7 @@ def test_case8_temporaries_of_an_interrupted_export_are_removed_at_the_next_star
     (out / ".s1.tif.tmp-dead0001").write_bytes(b"half a COG")
     (out / ".s1.tif.tmp-dead0002.tif").write_bytes(b"the uncompressed intermediate")
     (out / ".s1.zarr.tmp-dead0003").mkdir()
-    summary = run_job(job, fuser=SourceAFuser(), resume=True, progress=False)
+    summary = run_job(job, fuser=SourceAFuser(), progress=False)
     assert summary.items_skipped == 2 and summary.temporaries_removed == 3
     assert not [p for p in out.iterdir() if fsio.is_temporary(p)]
 

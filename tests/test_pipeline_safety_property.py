@@ -74,7 +74,7 @@ def _run(job, *, kill_at_call: int | None = None, kill_at_rename: int | None = N
 
     with mock.patch.object(fsio, "replace_into_place", rename):
         try:
-            run_job(job, fuser=KilledAtCall(kill_at_call), resume=True, progress=False)
+            run_job(job, fuser=KilledAtCall(kill_at_call), progress=False)
         except SimulatedKill:
             pass
 
@@ -129,7 +129,7 @@ def test_kills_damage_and_resumes_end_as_an_undisturbed_run(setting, steps):
         else:
             _plant_temporary(root, *args)
 
-    summary = run_job(job, fuser=ContextFuser(), resume=True, progress=False)
+    summary = run_job(job, fuser=ContextFuser(), progress=False)
     assert not summary.failures, summary.failures
     assert output_files(root / "out") == reference
     assert verify_run(root / "run")["problems"] == []

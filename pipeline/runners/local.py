@@ -31,11 +31,11 @@ def load_model_fuser(model: ModelSpec, placement: Placement | None = None) -> Fu
 
 def run_job(
     job: JobSpec, *, fuser: Fuser | None = None, options: Options = Options(), retry_failed: bool = False,
-    resume: bool = True, progress: bool = True, report: Callable[[str], None] | None = None, source: dict | None = None,
+    progress: bool = True, report: Callable[[str], None] | None = None, source: dict | None = None,
 ) -> RunSummary:
     """Run what the schedule leaves to do, in this process; failed items are recorded, the others go on.
     `fuser`: a model already built (tests, stand-ins); by default the job's model is loaded.
-    `resume` is accepted for old callers: a run always resumes its run directory."""
+    A run always resumes its run directory."""
     runtime.tune_allocator()  # before the model and the first blocks allocate
     if retry_failed:
         options = Options(retry_failed=True, only=options.only)
