@@ -1,4 +1,5 @@
-"""Shared test fixtures: the ../shared folder (optional) and one local Ray cluster per session."""
+"""Shared test fixtures: the ../shared folder (optional), one local Ray cluster and one local S3
+server (moto, loopback) per session."""
 from __future__ import annotations
 
 import os
@@ -50,3 +51,22 @@ def ray_cluster():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 for the whole session; its endpoint and dummy credentials are
+    put in the environment (inherited by subprocesses and Ray workers started afterwards)."""
+    pytest.importorskip("moto.server")
+    from s3_server import start_server
+
+    server = start_server()
+    saved = {key: os.environ.get(key) for key in server.environment()}
+    os.environ.update(server.environment())
+    yield server
+    server.server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
