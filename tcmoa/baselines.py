@@ -18,8 +18,7 @@ from scipy import ndimage
 
 import tcmoa
 from tcmoa.interface import FusionResult, RouterSpec, as_nhwc, check_pair, output_channels
-from tcmoa.pyramid import (blend, collapse, is_grey, laplacian_pyramid, pyramid_levels, rgb_to_ycbcr,
-                           ycbcr_to_rgb)
+from tcmoa.pyramid import blend, is_grey, pyramid_levels, rgb_to_ycbcr, select, ycbcr_to_rgb
 
 
 class _PairFuser:
@@ -85,14 +84,8 @@ class LaplacianFuser(_PairFuser):
         return {"levels": self.levels}
 
     def _fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        levels = pyramid_levels(a.shape[1:3], self.levels)
-        pa, pb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
-        fused = []
-        for da, db in zip(pa[:-1], pb[:-1]):
-            take_a = np.abs(da).sum(axis=-1, keepdims=True) >= np.abs(db).sum(axis=-1, keepdims=True)
-            fused.append(np.where(take_a, da, db))
-        fused.append((pa[-1] + pb[-1]) / 2)
-        return collapse(fused)
+        # the equal-weight case of the weighted choose-max that prompt-guided reconstruction uses
+        return select(a, b, np.full((*a.shape[:3], 1), 0.5), pyramid_levels(a.shape[1:3], self.levels))
 
 
 class MertensFuser(_PairFuser):

@@ -2,22 +2,28 @@
 
 The TC-MoA prompts say, per token, how much of each source the model keeps (p_A, p_B). Here
 source A's share w = p_A / (p_A + p_B), smoothly (bilinearly) upsampled to pixels, weights a
-Laplacian-pyramid blend of the sources (Burt & Adelson, `tcmoa.pyramid.blend`): each band-pass
-level of A and B is mixed with the Gaussian-pyramid level of w, so transitions are wide at
-coarse scales and narrow at fine ones. Where w is 1 (or 0) over a region, the output there is
-source A (or B) exactly: its radiometry and sharpness are kept and no detail is invented. With
-w = 0.5 everywhere the blend is the pixel average. Grey + colour pairs are fused in luminance
-(Y of BT.601 YCbCr) and keep the colour source's chroma (Cb, Cr).
+choose-max over the sources' Laplacian pyramids (`tcmoa.pyramid.select`): at each detail level a
+pixel takes A's band-pass coefficient where w |dA| >= (1 - w) |dB|, else B's; the base level is
+mixed w A + (1 - w) B. Why a weighted selection rather than a weighted average of the bands: the
+prompts live on 8 x 8-pixel tokens, and averaging the detail of both sources inside a token
+halves every edge that only one source has (the pixel average's loss on Qabf/Qcb), whereas the
+selection keeps each edge at full strength and lets the prompts decide between competing ones and
+set the base (exposure, thermal contrast). With w = 0.5 everywhere it is exactly the classical
+Laplacian-pyramid fusion (`baseline:laplacian`); where w is 1 (or 0) over a region, the output
+there is source A (or B) exactly: radiometry and sharpness kept, no detail invented. Grey + colour
+pairs are fused in luminance (Y of BT.601 YCbCr) and keep the colour source's chroma (Cb, Cr).
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcmoa.pyramid import blend, blend_torch, is_grey, rgb_to_ycbcr, ycbcr_to_rgb
+from tcmoa.pyramid import is_grey, pyramid_levels, rgb_to_ycbcr, select, select_torch, ycbcr_to_rgb
+
+# Pyramid depth, as `baseline:laplacian`'s: the base level (1/8 scale) matches the token grid of the
+# prompts, and equal shares reproduce that baseline exactly.
+LEVELS = 4
 
 
 def prompt_share(out, size: tuple[int, int]) -> torch.Tensor:
@@ -31,16 +37,10 @@ def prompt_share(out, size: tuple[int, int]) -> torch.Tensor:
 
 
 def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-    """The guided output of (B, 3, H, W) RGB sources as training sees it: the differentiable twin of
-    guided_fusion's blend, on RGB (grey sources arrive repeated to 3 channels), so the task losses
-    reach the prompts directly."""
-    return blend_torch(a01, b01, share, default_levels(*a01.shape[-2:]))
-
-
-def default_levels(height: int, width: int) -> int:
-    """Pyramid depth: halve until the coarsest level is about 8 px (at most 7 levels), so a
-    source that dominates a region keeps it exactly, beyond a margin of a few coarse pixels."""
-    return max(1, min(7, int(math.log2(max(min(height, width), 1) / 8)) + 1))
+    """The guided output of (B, 3, H, W) RGB sources as training sees it: the soft, differentiable
+    twin of guided_fusion's selection, on RGB (grey sources arrive repeated to 3 channels), so the
+    task losses reach the prompts directly."""
+    return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS))
 
 
 def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int | None = None) -> np.ndarray:
@@ -52,20 +52,20 @@ def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: in
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     weight_a = np.asarray(weight_a, dtype=np.float64)[..., None]
-    levels = levels or default_levels(*a.shape[1:3])
+    levels = pyramid_levels(a.shape[1:3], levels or LEVELS)
     channels = max(a.shape[-1], b.shape[-1])
     out = np.empty((*a.shape[:3], channels), dtype=np.float32)
     for i in range(a.shape[0]):
         ai, bi, wi = a[i:i + 1], b[i:i + 1], weight_a[i:i + 1]
         grey_a, grey_b = is_grey(ai[0]), is_grey(bi[0])
         if grey_a and grey_b:
-            fused = blend(ai[..., :1], bi[..., :1], wi, levels)
+            fused = select(ai[..., :1], bi[..., :1], wi, levels)
         elif not grey_a and not grey_b:
-            fused = blend(ai, bi, wi, levels)
+            fused = select(ai, bi, wi, levels)
         else:
             colour = rgb_to_ycbcr(ai if grey_b else bi)
             y_a = ai[..., :1] if grey_a else colour[..., :1]
             y_b = bi[..., :1] if grey_b else colour[..., :1]
-            fused = ycbcr_to_rgb(np.concatenate([blend(y_a, y_b, wi, levels), colour[..., 1:]], axis=-1))
+            fused = ycbcr_to_rgb(np.concatenate([select(y_a, y_b, wi, levels), colour[..., 1:]], axis=-1))
         out[i] = np.clip(fused[0], 0.0, 1.0)  # a grey result broadcasts over 3 output channels
     return out

@@ -1,6 +1,7 @@
-"""Burt & Adelson image pyramids on (N, H, W, C) float arrays, the prompt- or weight-driven blend
-of two images over them, and the grey / colour helpers the pyramid fusers share (classical
-baselines in `tcmoa.baselines`, prompt-guided reconstruction in `tcmoa.guided`)."""
+"""Burt & Adelson image pyramids on (N, H, W, C) float arrays, the two ways of mixing two images
+over them (a weighted blend, and a weighted choose-max selection), and the grey / colour helpers
+the pyramid fusers share (classical baselines in `tcmoa.baselines`, prompt-guided reconstruction in
+`tcmoa.guided`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -84,6 +85,22 @@ def blend(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> np
     return collapse([w * xa + (1 - w) * xb for w, xa, xb in zip(weights, la, lb)])
 
 
+def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> np.ndarray:
+    """Weighted choose-max over Laplacian pyramids of a and b (N, H, W, C): at each detail level a
+    pixel takes all its channels from A where w |dA| >= (1 - w) |dB| (|.| summed over channels),
+    w being that level of the Gaussian pyramid of A's weight (N, H, W, 1) in [0, 1]; the base level
+    is mixed, w A + (1 - w) B. With w = 0.5 this is the classical Laplacian-pyramid fusion (max-abs
+    details, averaged base); with w = 1 (or 0) over a region, the result there is A (or B)."""
+    weights = gaussian_pyramid(weight_a, levels)
+    la, lb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
+    fused = []
+    for w, da, db in zip(weights[:-1], la[:-1], lb[:-1]):
+        take_a = w * np.abs(da).sum(axis=-1, keepdims=True) >= (1 - w) * np.abs(db).sum(axis=-1, keepdims=True)
+        fused.append(np.where(take_a, da, db))
+    fused.append(weights[-1] * la[-1] + (1 - weights[-1]) * lb[-1])
+    return collapse(fused)
+
+
 def is_grey(image: np.ndarray) -> bool:
     """One (H, W, C) image with one channel, or three equal ones (grey stored as RGB)."""
     return image.shape[-1] == 1 or bool(np.array_equal(image[..., 0], image[..., 1])
@@ -113,14 +130,21 @@ def _upsample_t(x: "torch.Tensor", shape: tuple[int, int]) -> "torch.Tensor":
     return _blur_t(up)[:, :, 2:2 + shape[0], 2:2 + shape[1]]
 
 
-def blend_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int) -> "torch.Tensor":
-    """blend() on (N, C, H, W) torch tensors, differentiable in all inputs (same kernel, borders
-    and upsampling, so it equals blend() to rounding)."""
+def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int,
+                 temperature: float = 0.05) -> "torch.Tensor":
+    """select() on (N, C, H, W) torch tensors with a soft, differentiable choice: the detail
+    coefficients mixed by sigmoid((w|dA| - (1-w)|dB|) / (temperature * mean(w|dA| + (1-w)|dB|))),
+    which tends to select()'s hard choice as the temperature goes to 0 (same kernel, borders and
+    upsampling). The training twin of the guided output: the task losses reach the weights."""
     ga, gb, gw, details = a, b, weight_a, []
     for _ in range(levels - 1):
         na, nb = _blur_t(ga)[:, :, ::2, ::2], _blur_t(gb)[:, :, ::2, ::2]
         size = tuple(ga.shape[-2:])
-        details.append(gw * (ga - _upsample_t(na, size)) + (1 - gw) * (gb - _upsample_t(nb, size)))
+        da, db = ga - _upsample_t(na, size), gb - _upsample_t(nb, size)
+        sa, sb = gw * da.abs().sum(1, keepdim=True), (1 - gw) * db.abs().sum(1, keepdim=True)
+        scale = temperature * (sa + sb).detach().mean() + 1e-6
+        take_a = torch.sigmoid((sa - sb) / scale)
+        details.append(take_a * da + (1 - take_a) * db)
         ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
     out = gw * ga + (1 - gw) * gb
     for detail in reversed(details):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tcmoa.baselines import BASELINES, LaplacianFuser, MertensFuser, collapse, get_baseline, laplacian_pyramid
+from tcmoa.baselines import BASELINES, LaplacianFuser, MertensFuser, get_baseline
+from tcmoa.pyramid import collapse, laplacian_pyramid
 from tcmoa.interface import Fuser, FusionResult
 
 

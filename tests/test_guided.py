@@ -1,5 +1,5 @@
-"""Prompt-guided reconstruction: the Laplacian-pyramid blend of the source pixels and its use by
-the fuser (`reconstruction="guided"`)."""
+"""Prompt-guided reconstruction: the prompt-weighted choose-max over Laplacian pyramids of the
+source pixels and its use by the fuser (`reconstruction="guided"`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 
 from tcmoa.guided import guided_fusion
 from tcmoa.inference import TCMoAFuser, load_fuser, random_model
-from tcmoa.pyramid import blend, blend_torch, rgb_to_ycbcr
+from tcmoa.baselines import LaplacianFuser
+from tcmoa.pyramid import rgb_to_ycbcr, select, select_torch
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -17,12 +18,25 @@ def _images(channels: int = 3, size: tuple[int, int] = (96, 128), seed: int = 0)
     return tuple(rng.random((1, *size, channels)) for _ in range(2))
 
 
-def test_a_dominant_source_is_kept_exactly_and_half_weights_give_the_average():
+def test_a_dominant_source_is_kept_exactly_and_equal_shares_give_the_laplacian_baseline():
     a, b = _images()
     ones = np.ones((1, *a.shape[1:3]))
     np.testing.assert_allclose(guided_fusion(a, b, ones), a, atol=1e-6)
     np.testing.assert_allclose(guided_fusion(a, b, 0 * ones), b, atol=1e-6)
-    np.testing.assert_allclose(guided_fusion(a, b, 0.5 * ones), (a + b) / 2, atol=1e-6)
+    np.testing.assert_allclose(guided_fusion(a, b, 0.5 * ones), LaplacianFuser().fuse_batch(a, b).image, atol=1e-6)
+
+
+def test_the_shares_decide_between_competing_details_and_set_the_base():
+    # A has a strong edge, B a weaker one in the same place: equal shares keep A's (max-abs);
+    # a share leaning to B far enough keeps B's, and the base follows the shares.
+    a = np.zeros((1, 64, 64, 1)); a[:, :, 32:] = 0.8
+    b = np.full((1, 64, 64, 1), 0.5); b[:, :, 32:] = 0.7
+    edge = lambda x: float(x[0, 32, 33, 0] - x[0, 32, 30, 0])
+    # (an edge's coarsest part lives in the mixed base level, so "kept" means mostly, not exactly)
+    assert edge(guided_fusion(a, b, np.full((1, 64, 64), 0.5))) > 0.7 * edge(a)
+    leaning_b = guided_fusion(a, b, np.full((1, 64, 64), 0.1))
+    assert edge(leaning_b) < 1.3 * edge(b)
+    assert abs(float(leaning_b.mean()) - float(0.1 * a.mean() + 0.9 * b.mean())) < 0.02
 
 
 def test_where_one_source_dominates_a_region_the_output_there_is_its_pixels():
@@ -44,7 +58,8 @@ def test_grey_and_colour_fuse_in_luminance_with_the_colour_sources_chroma():
     fused = guided_fusion(colour, grey, weight)
     assert fused.shape == colour.shape
     np.testing.assert_allclose(rgb_to_ycbcr(fused)[..., 1:], rgb_to_ycbcr(colour)[..., 1:], atol=1e-5)
-    np.testing.assert_allclose(fused @ LUMA, 0.3 * (colour @ LUMA) + 0.7 * grey[..., 0], atol=1e-5)
+    y_colour = (colour @ LUMA)[..., None]
+    np.testing.assert_allclose(fused @ LUMA, select(y_colour, grey, weight[..., None], 4)[..., 0], atol=1e-5)
     # the colour source alone gives back its pixels
     np.testing.assert_allclose(guided_fusion(colour, grey, np.ones_like(weight)), colour, atol=1e-5)
 
@@ -59,16 +74,18 @@ def test_grey_stored_as_three_equal_channels_counts_as_grey():
     np.testing.assert_allclose(guided_fusion(colour, as_rgb, zero) @ LUMA, grey[..., 0], atol=1e-5)
 
 
-def test_the_training_twin_of_the_blend_equals_it_and_passes_gradients():
+def test_the_training_twin_tends_to_the_selection_and_passes_gradients():
     import torch
 
     rng = np.random.default_rng(5)
     a, b, w = rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 1))
     as_torch = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)
+    hard = select(a, b, w, 4)
+    errors = [np.abs(select_torch(as_torch(a), as_torch(b), as_torch(w), 4, temperature=t)
+                     .permute(0, 2, 3, 1).numpy() - hard).mean() for t in (0.1, 1e-2, 1e-5)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
     weight = as_torch(w).requires_grad_()
-    out = blend_torch(as_torch(a), as_torch(b), weight, 4)
-    np.testing.assert_allclose(out.detach().permute(0, 2, 3, 1).numpy(), blend(a, b, w, 4), atol=1e-12)
-    out.sum().backward()
+    select_torch(as_torch(a), as_torch(b), weight, 4).sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
@@ -83,9 +100,10 @@ def test_fuser_guided_by_prompts_forced_to_a_returns_source_a(guided_fuser):
     guided_fuser.alpha, guided_fuser.beta = 0.0, 0.5  # p_A' = 1, p_B' = 0 everywhere (paper Eq. 8)
     try:
         np.testing.assert_allclose(guided_fuser.fuse(a, b, "vif"), a, atol=1e-5)
-        guided_fuser.beta = 0.0  # p_A' = p_B' = 0.5: the pyramid average = the pixel average
+        guided_fuser.beta = 0.0  # p_A' = p_B' = 0.5: the classical Laplacian-pyramid fusion
         grey_a, grey_b = rng.random((100, 130), dtype=np.float32), rng.random((100, 130), dtype=np.float32)
-        np.testing.assert_allclose(guided_fuser.fuse(grey_a, grey_b, "mef"), (grey_a + grey_b) / 2, atol=1e-5)
+        np.testing.assert_allclose(guided_fuser.fuse(grey_a, grey_b, "mef"),
+                                   LaplacianFuser().fuse(grey_a, grey_b)[..., 0], atol=1e-5)
     finally:
         guided_fuser.alpha, guided_fuser.beta = 1.0, 0.0
 
@@ -95,7 +113,7 @@ def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
     a, b = rng.random((2, 112, 112, 1), dtype=np.float32), rng.random((2, 112, 112, 1), dtype=np.float32)
     result = guided_fuser.fuse_batch(a, b, "mff", return_prompts=True)
     assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
-    expected = np.clip(blend(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4), 0, 1)
+    expected = np.clip(select(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4), 0, 1)
     np.testing.assert_allclose(result.image, expected, atol=1e-5)
     assert guided_fuser.provenance()["reconstruction"] == "guided"
 
