@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline import urls
+
 TASK_NAMES = ("vif", "mef", "mff")
 NORMALISE_METHODS = ("auto", "dtype", "percentile", "fixed")
 SOURCE_KINDS = ("auto", "raster", "stack", "photo")
@@ -64,8 +66,8 @@ class SourceSpec:
 @dataclass(frozen=True)
 class DiscoverSpec:
     type: str
-    root: pathlib.Path  # glob root; csv/stac: folder relative paths in the file are resolved against
-    file: pathlib.Path | None = None  # csv / stac file
+    root: pathlib.Path | str  # glob root; csv/stac: folder relative paths in the file are resolved against (str: a URL)
+    file: pathlib.Path | str | None = None  # csv / stac file (str: a URL; stac: also a STAC API search URL)
     group_by: tuple[str, ...] | None = None  # glob placeholders identifying an item
     items: tuple[dict, ...] = ()  # list: rows written in the job itself, like the rows of a csv
 
@@ -225,10 +227,10 @@ class _Fields:
             self.fail(f"unknown field{hint}", str(key))
 
 
-def _path(base: pathlib.Path, value: str) -> pathlib.Path:
-    path = pathlib.Path(value).expanduser()
-    # resolved, so printed paths and the manifest read runs/x, not jobs/../runs/x
-    return (path if path.is_absolute() else base / path).resolve()
+def _path(base: pathlib.Path, value: str) -> pathlib.Path | str:
+    """A local path made absolute against `base` and resolved (so printed paths and the manifest
+    read runs/x, not jobs/../runs/x); a URL (s3://, https://...) kept as written (pipeline.urls)."""
+    return urls.location(base, value)
 
 
 def _task(value: Any, where: str, problems: list[str]) -> Any:
