@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline import output_safety, radiometry
+from pipeline import output_safety, radiometry, urls
 from pipeline.discover import DiscoveredItem, discover
 from pipeline.errors import JobError
 from pipeline.manifest import canonical_json, digest
@@ -233,7 +233,7 @@ def plan_item(
         band_names = tuple(f"fused_{c + 1}" for c in range(out_channels))
     if "png" in out.formats and dtype not in (np.dtype("uint8"), np.dtype("uint16")):
         raise ValueError(f"item {found.item_id}: png output needs output.dtype uint8 or uint16, not {dtype}")
-    base = out.dir / out.name.format(item=found.item_id, collection=collection.name)
+    base = urls.join(out.dir, out.name.format(item=found.item_id, collection=collection.name))
     tiles = make_grid(grid.height, grid.width, job.tiling.tile, job.tiling.overlap, tile_multiple, job.tiling.border_pad)
     settings = {
         "task": collection.task, "tiling": dataclasses.asdict(job.tiling), "model": model_key,

@@ -237,15 +237,35 @@ def upload(local: pathlib.Path, dst: ObjectPath) -> None:
         raise fsio.FileProblem(5, f"uploaded object is {size} bytes, {local.stat().st_size} written", str(dst))
 
 
-def copy_tree(src: ObjectPath, dst: ObjectPath) -> None:
-    """Copy every object of a prefix to another prefix (server-side), the Zarr metadata documents
-    last: a reader opening the store at dst finds its root metadata only once the chunks are there."""
-    fs = src.fs
-    names = sorted(_object_files(src), key=lambda n: (posixpath.basename(n) in ("zarr.json", ".zmetadata", ".zgroup",
-                                                                                  ".zarray", ".zattrs"), -n.count("/"), n))
+def _tree_files(path: Location) -> list[str]:
+    if isinstance(path, ObjectPath):
+        return list(_object_files(path))
+    return [p.relative_to(path).as_posix() for p in fsio.tree_files(path)]
+
+
+def copy_tree(src, dst) -> None:
+    """Copy every file or object of a store to dst (server-side within one object store; a
+    download or an upload between disk and bucket), the Zarr metadata documents last: a reader
+    opening the store at dst finds its root metadata only once the chunks are there."""
+    src, dst = location(src), location(dst)
+    metadata = ("zarr.json", ".zmetadata", ".zgroup", ".zarray", ".zattrs")
+    names = sorted(_tree_files(src), key=lambda n: (posixpath.basename(n) in metadata, -n.count("/"), n))
     for name in names:
-        fs.copy(f"{src.key}/{name}", f"{dst.key}/{name}")
-    fs.invalidate_cache()
+        if isinstance(src, ObjectPath) and isinstance(dst, ObjectPath):
+            src.fs.copy(f"{src.key}/{name}", f"{dst.key}/{name}")
+        elif isinstance(src, ObjectPath):
+            target = dst / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src.fs.get_file(f"{src.key}/{name}", str(target))
+        elif isinstance(dst, ObjectPath):
+            dst.fs.put_file(str(src / name), f"{dst.key}/{name}")
+        else:
+            raise ValueError("copy_tree is for stores in an object store; on disk the store is renamed")
+    if not isinstance(dst, ObjectPath):
+        fsio.fsync_tree(dst)
+    for path in (src, dst):
+        if isinstance(path, ObjectPath):
+            path.fs.invalidate_cache()
 
 
 def zarr_store(path, *, read_only: bool = False):
@@ -335,6 +355,12 @@ class LocalBackend:
         with fsio.atomic_path(self.path / name) as tmp:
             tmp.write_bytes(data)
 
+    def write_parquet(self, name: str, table) -> None:
+        import pyarrow.parquet as pq
+
+        with fsio.atomic_path(self.path / name) as tmp:
+            pq.write_table(table, tmp)
+
     def create(self, name: str, data: bytes) -> bool:
         """Write `name` only if nothing is there (under the lock: a plain check suffices)."""
         if (self.path / name).exists():
@@ -395,6 +421,14 @@ class ObjectBackend:
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self._put(name, data)
+
+    def write_parquet(self, name: str, table) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self._put(name, sink.getvalue().to_pybytes())
 
     def _put(self, name: str, data: bytes, **conditions) -> dict:
         try:

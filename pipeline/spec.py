@@ -74,7 +74,7 @@ class DiscoverSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    dir: pathlib.Path
+    dir: pathlib.Path | str  # str: a prefix in an object store
     formats: tuple[str, ...] = ("zarr",)
     dtype: str = "auto"  # auto: the reference source's dtype (float32 for other dtypes)
     scale: str = "reference"  # reference: back to the reference's values; full: [0,1] -> dtype range
@@ -124,7 +124,7 @@ class JobSpec:
     collections: tuple[CollectionSpec, ...]
     tiling: TilingSpec
     model: ModelSpec
-    run_dir: pathlib.Path
+    run_dir: pathlib.Path | str  # str: a prefix in an object store (s3://bucket/prefix), pipeline.runstore
     max_pixels: int  # per item: guards against headers claiming enormous images
     path: pathlib.Path | None  # the job file
     document: dict = field(default_factory=dict, compare=False)  # the parsed YAML, for the record
@@ -412,7 +412,7 @@ def parse_job(
     if not isinstance(output_defaults, Mapping):
         top.fail("expected a mapping", "output")
         output_defaults = {}
-    default_dir = run_dir / "outputs"
+    default_dir = urls.join(run_dir, "outputs")
 
     collections: list[CollectionSpec] = []
     if top.has("collections"):

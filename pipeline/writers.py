@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.fsio import atomic_path, fsync_files, remove, temporary_sibling
-from pipeline import crs_forms
+from pipeline import crs_forms, runstore
 from pipeline.errors import one_line
 from pipeline.sources import Grid
 from pipeline.tiling import Block
@@ -65,6 +65,7 @@ def create_store(
     import zarr
 
     fill = nodata if nodata is not None else 0
+    path = runstore.zarr_store(path)  # a folder, or zarr's FsspecStore for a prefix in an object store
     group = zarr.open_group(path, mode="w", zarr_format=zarr_format,
                             attributes=json_safe({**attributes, **_geo_attributes(grid)}))
 
@@ -138,17 +139,18 @@ def read_block_checksum(path: pathlib.Path, block: Block) -> str:
     """The checksum of what the store holds for `block` now (as `write_block` recorded it)."""
     import zarr
 
-    group = zarr.open_group(path, mode="r")
+    group = zarr.open_group(runstore.zarr_store(path, read_only=True), mode="r")
     region = (slice(None), slice(block.y0, block.y1), slice(block.x0, block.x1))
     return block_checksum(group[FUSED][region], group[PROMPTS][region] if PROMPTS in group else None)
 
 
 def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np.ndarray | None) -> str:
     """Write one unit's block, read it back and fsync its chunks: the checksum is of what the
-    store durably holds, so a block recorded done survives a crash of the machine."""
+    store durably holds, so a block recorded done survives a crash of the machine. (In an object
+    store each chunk is one PUT, durable once answered, and the block is read back from the store.)"""
     import zarr
 
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(runstore.zarr_store(path), mode="r+")
     region = (slice(None), slice(block.y0, block.y1), slice(block.x0, block.x1))
     group[FUSED][region] = fused
     if prompts is not None:
@@ -159,7 +161,8 @@ def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np
         prompts is not None and not np.array_equal(back_prompts, prompts, equal_nan=True)
     ):
         raise OSError(f"{path}: block {block.row},{block.col} reads back different from what was written")
-    fsync_files(block_chunk_files(path, block, (FUSED, PROMPTS) if prompts is not None else (FUSED,)))
+    if not runstore.is_remote(path):
+        fsync_files(block_chunk_files(path, block, (FUSED, PROMPTS) if prompts is not None else (FUSED,)))
     return block_checksum(back, back_prompts)
 
 
@@ -174,7 +177,7 @@ def _gtiff_from_store(
     from rasterio.transform import Affine
     from rasterio.windows import Window
 
-    data = zarr.open_group(store, mode="r")[array]
+    data = zarr.open_group(runstore.zarr_store(store, read_only=True), mode="r")[array]
     channels = data.shape[0]
     profile = {
         "driver": "GTiff", "width": grid.width, "height": grid.height, "count": channels, "dtype": data.dtype.name,
