@@ -59,9 +59,21 @@ def same_path(a: pathlib.Path, b: pathlib.Path) -> bool:
 
 def input_collisions(outputs: Iterable[pathlib.Path], inputs: Iterable[str | pathlib.Path]) -> list[str]:
     """Reasons an output would replace an input: the same file, or a folder output holding an input."""
-    inputs = [pathlib.Path(os.path.realpath(p)) for p in inputs]
+    from pipeline import runstore
+
+    inputs = list(inputs)
+    urls_in = {str(p) for p in inputs if runstore.is_remote(p)}
+    inputs = [pathlib.Path(os.path.realpath(p)) for p in inputs if not runstore.is_remote(p)]
     problems = []
     for output in outputs:
+        if runstore.is_remote(output):  # an object: the same URL, or a prefix holding an input
+            url = runstore.normalise(output)
+            for source in sorted(urls_in):
+                if source == url:
+                    problems.append(f"output {url} is the input file {source}: refusing to replace an input")
+                elif source.startswith(url + "/"):
+                    problems.append(f"output {url} is a folder holding the input {source}: refusing to replace it")
+            continue
         real = pathlib.Path(os.path.realpath(output))
         for source in inputs:
             if real == source or same_path(output, source):
