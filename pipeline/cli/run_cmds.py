@@ -156,26 +156,54 @@ def run(job_file: pathlib.Path, dry_run: bool, estimate: bool, resume: bool, loc
          source=_job_source(job_file, yaml.safe_load(job_file.read_text())))
 
 
+class RunDirParam(click.ParamType):
+    """A run directory: a local folder (that must exist where `exists`) or an object-store URL
+    (s3://bucket/prefix), kept as a URL (pathlib would fold its '//')."""
+
+    name = "run_dir"
+
+    def __init__(self, exists: bool = False):
+        self.exists = exists
+
+    def convert(self, value, param, ctx):
+        from pipeline import runstore
+
+        where = runstore.location(value)
+        if isinstance(where, pathlib.Path):
+            if where.exists() and not where.is_dir():
+                self.fail(f"{where}: a file, not a run directory", param, ctx)
+            if self.exists and not where.is_dir():
+                self.fail(f"{where}: no such directory", param, ctx)
+        return where
+
+
 @click.command("resume")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path))
+@click.argument("run_dir", type=RunDirParam(exists=True))
 @_runner_options
 @_output_mode
 @_errors_as_exit_codes
 def resume(run_dir: pathlib.Path, local: bool, workers: int | None, address: str | None, retry_failed: bool,
            only: str, mode: str | None, show_traceback: bool) -> None:
     """Finish the job of RUN_DIR: redo only what is not verified done (after a crash, a stop, a lost driver)."""
+    from pipeline import runstore
+    from pipeline.manifest import RunDir
     from pipeline.runners.session import JOB_SOURCE
     from pipeline.spec import SpecError, parse_job
 
     try:
-        source = json.loads((run_dir / JOB_SOURCE).read_text())
+        text = RunDir(run_dir).read_text(JOB_SOURCE)
+        if text is None:
+            raise FileNotFoundError("no such file")
+        source = json.loads(text)
     except (OSError, ValueError) as exc:
         _fail(f"{run_dir}: no job to resume here ({JOB_SOURCE}: {exc})")
     try:
         job = parse_job(source["document"], base=pathlib.Path(source["base"]))
     except SpecError as exc:
         _fail(str(exc))
-    if job.run_dir.resolve() != run_dir.resolve():
+    recorded = runstore.location(job.run_dir)
+    if type(recorded) is not type(run_dir) or (
+            recorded.resolve() != run_dir.resolve() if isinstance(run_dir, pathlib.Path) else str(recorded) != str(run_dir)):
         _fail(f"{run_dir}: its job writes to {job.run_dir}, not here (moved run directory?)")
     _run(job, local=local, workers=workers, address=address, retry_failed=retry_failed, only=only, mode=mode, source=source)
 
@@ -218,7 +246,7 @@ def _dry_run(job, mode: str | None, estimate: bool) -> None:
 
 
 @click.command("status")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.argument("run_dir", type=RunDirParam())
 @_output_mode
 @_errors_as_exit_codes
 def status(run_dir: pathlib.Path, show_traceback: bool, mode: str | None) -> None:
@@ -250,7 +278,7 @@ def status(run_dir: pathlib.Path, show_traceback: bool, mode: str | None) -> Non
 
 
 @click.command("verify")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.argument("run_dir", type=RunDirParam())
 @_output_mode
 @_errors_as_exit_codes
 def verify(run_dir: pathlib.Path, mode: str | None, show_traceback: bool) -> None:
