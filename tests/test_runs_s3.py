@@ -128,3 +128,97 @@ def _write(root: pathlib.Path, job) -> pathlib.Path:
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(job.document))
     return path
+
+
+# ----------------------------------------------------------------------------- kills and damage
+SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import pipeline.runners.local as local
+    from pipeline.cli import main
+    from pipeline_support import ContextFuser
+
+    class Fuser(ContextFuser):
+        calls = 0
+        def fuse_batch(self, a, b, task="vif", *, return_prompts=False):
+            Fuser.calls += 1
+            if Fuser.calls == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+    run_job = local.run_job
+    local.run_job = lambda job, fuser=None, **kwargs: run_job(job, fuser=Fuser(), **kwargs)
+    main([sys.argv[1], sys.argv[2], "--local", "--quiet"], prog_name="tcmoa")
+""")
+
+
+def _tcmoa(command: str, target, kill_at_call: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`tcmoa COMMAND TARGET --local` in a subprocess with the stand-in model, killed (SIGKILL) in
+    its `kill_at_call`-th model call (0: never)."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    return subprocess.run([sys.executable, "-c", SCRIPT, command, str(target), str(kill_at_call)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _done_units(run_dir: str) -> int:
+    return sum(1 for (kind, _), r in RunDir(run_dir).latest().items() if kind == "unit" and r["status"] == "done")
+
+
+def _reference(tmp: pathlib.Path, s3) -> dict:
+    """The outputs of an undisturbed all-local run of the same job."""
+    run_job(_job(tmp, str(tmp / "reference")), fuser=ContextFuser(), progress=False)
+    return _pixels(s3, str(tmp / "reference" / "outputs"))
+
+
+def test_a_killed_run_resumes_with_only_its_unverified_units(tmp, s3_server, monkeypatch):
+    monkeypatch.setenv("TCMOA_LEASE_SECONDS", "4")  # the killed run's lease expires soon
+    write_pair_archive(tmp, ("s1",), (96, 130))
+    bucket = s3_server.bucket()
+    run_url = f"s3://{bucket}/run"
+    job = _job(tmp, run_url, model={"batch_size": 64})  # one model call per block: 6 blocks
+    reference = _reference(tmp, s3_server)
+
+    killed = _tcmoa("run", _write(tmp, job), 4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _done_units(run_url) == 3  # every block finished before the kill is recorded
+    assert s3_server.keys(bucket, "run/.lock") == ["run/.lock"]  # the dead run's lease
+
+    # the dead run's lease is still fresh: refused, saying when it expires
+    with pytest.raises(RunDirUnusable, match=r"in use by another run .*lease renewed \d+ s ago; if that run is gone, the lease expires in"):
+        run_job(job, fuser=ContextFuser(), progress=False)
+    import time
+
+    time.sleep(4.5)
+    summary = run_job(job, fuser=ContextFuser(), progress=False)
+    assert summary.units_skipped == 3 and summary.units_run == 3 and summary.items_done == 1, summary
+    _assert_same(_pixels(s3_server, f"{run_url}/outputs"), reference)
+
+
+def test_a_damaged_output_object_is_found_by_verify_and_redone_by_resume(tmp, s3_server):
+    write_pair_archive(tmp, ("s1", "s2"), (96, 130))
+    bucket = s3_server.bucket()
+    run_url = f"s3://{bucket}/run"
+    job = _job(tmp, run_url)
+    reference = _reference(tmp, s3_server)
+    assert _tcmoa("run", _write(tmp, job)).returncode == 0
+    first_run = {r["run_id"] for (kind, _), r in RunDir(run_url).latest().items() if kind == "item"}
+
+    client = s3_server.client()
+    cog = client.get_object(Bucket=bucket, Key="run/outputs/s1.tif")["Body"].read()
+    client.put_object(Bucket=bucket, Key="run/outputs/s1.tif", Body=cog[: len(cog) // 2])  # truncated
+    client.delete_object(Bucket=bucket, Key="run/outputs/s2.png")  # deleted
+    chunk = next(k for k in s3_server.keys(bucket, "run/outputs/s2.zarr/fused/c/"))
+    client.put_object(Bucket=bucket, Key=chunk, Body=b"\0" * 16)  # a Zarr chunk changed
+
+    result = CliRunner().invoke(main, ["verify", run_url])
+    assert result.exit_code == 1
+    errors = result.stderr
+    assert f"{run_url}/outputs/s1.tif: {len(cog) // 2} bytes, {len(cog)} recorded" in errors
+    assert f"{run_url}/outputs/s2.png: missing (recorded done)" in errors
+    assert f"{run_url}/outputs/s2.zarr" in errors
+
+    resumed = _tcmoa("resume", run_url)
+    assert resumed.returncode == 0, resumed.stderr
+    redone = [r for (kind, _), r in RunDir(run_url).latest().items() if kind == "item"]
+    assert len(redone) == 2 and not first_run & {r["run_id"] for r in redone}  # both items exported again
+    assert CliRunner().invoke(main, ["verify", run_url]).exit_code == 0
+    _assert_same(_pixels(s3_server, f"{run_url}/outputs"), reference)
