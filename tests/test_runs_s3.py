@@ -222,3 +222,104 @@ def test_a_damaged_output_object_is_found_by_verify_and_redone_by_resume(tmp, s3
     assert len(redone) == 2 and not first_run & {r["run_id"] for r in redone}  # both items exported again
     assert CliRunner().invoke(main, ["verify", run_url]).exit_code == 0
     _assert_same(_pixels(s3_server, f"{run_url}/outputs"), reference)
+
+
+# ----------------------------------------------------------------------------- an endpoint that stops answering
+class CuttingProxy:
+    """A TCP relay on loopback in front of the S3 server that, once it sees a request whose first
+    line holds `trigger`, forwards only part of that request and then stops answering for good
+    (every connection closed, the port no longer listening): an endpoint lost mid-upload."""
+
+    def __init__(self, upstream: str, trigger: bytes):
+        import socket
+        import threading
+
+        host, port = upstream.split("://", 1)[1].split(":")
+        self.upstream = (host, int(port))
+        self.trigger = trigger
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list = []
+        self.cut = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.cut.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, requests: bool) -> None:
+        try:
+            while not self.cut.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if requests and self.trigger in data.split(b"\r\n", 1)[0]:
+                    dst.sendall(data[: len(data) // 2])  # the headers and a part of the body
+                    self.stop()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            if self.cut.is_set():
+                self.stop()
+
+    def stop(self) -> None:
+        import socket
+
+        self.cut.set()
+        for sock in [self.listener, *self.sockets]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def test_an_endpoint_lost_mid_upload_leaves_nothing_partial(tmp, s3_server, monkeypatch):
+    import rasterio
+
+    monkeypatch.setenv("TCMOA_LEASE_SECONDS", "3")
+    write_pair_archive(tmp, ("s1", "s2"), (96, 130))
+    bucket = s3_server.bucket()
+    run_url = f"s3://{bucket}/run"
+    job = _job(tmp, run_url)
+    reference = _reference(tmp, s3_server)
+    # the endpoint dies while s2's COG is being uploaded (s1 is done by then)
+    proxy = CuttingProxy(s3_server.endpoint, f"PUT /{bucket}/run/outputs/s2.tif".encode())
+    lost = _tcmoa("run", _write(tmp, job), env={"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "1",
+                                                "AWS_RETRY_MODE": "standard"})
+    assert proxy.cut.is_set(), lost.stderr
+    assert lost.returncode != 0
+    lines = [line for line in lost.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in lost.stderr and lines, lost.stderr
+    assert lost.returncode == 3 and lines[-1].startswith("Error: ") and f"{bucket}/run/" in lines[-1], lost.stderr
+
+    keys = s3_server.keys(bucket, "run/outputs/")
+    assert "run/outputs/s2.tif" not in keys  # the interrupted upload never became an object
+    assert not [k for k in keys if ".tmp-" in k]
+    download = tmp / "after-cut"
+    for key in keys:  # whatever is there is whole: every raster reads to its end
+        if key.endswith((".tif", ".png")):
+            local = download / key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+            with rasterio.open(local) as ds:
+                np.testing.assert_array_equal(ds.read(), reference[pathlib.Path(key).name])
+
+    # back online: the resume finishes the job, equal to the undisturbed run
+    import time
+
+    time.sleep(3.5)  # the lost run's lease expires
+    assert _tcmoa("run", _write(tmp, job)).returncode == 0
+    _assert_same(_pixels(s3_server, f"{run_url}/outputs"), reference)
