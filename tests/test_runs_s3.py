@@ -323,3 +323,17 @@ def test_an_endpoint_lost_mid_upload_leaves_nothing_partial(tmp, s3_server, monk
     time.sleep(3.5)  # the lost run's lease expires
     assert _tcmoa("run", _write(tmp, job)).returncode == 0
     _assert_same(_pixels(s3_server, f"{run_url}/outputs"), reference)
+
+
+def test_the_ray_runner_writes_a_run_directory_in_a_bucket(tmp, s3_server, ray_cluster):
+    """Ray workers share no disk with the driver: work stores, blocks and exports go through the
+    bucket only, and give the local run's outputs pixel for pixel."""
+    from pipeline.runners import ray as ray_runner
+
+    write_pair_archive(tmp, ("s1", "s2"), (96, 130))
+    bucket = s3_server.bucket()
+    reference = _reference(tmp, s3_server)
+    summary = ray_runner.run_job(_job(tmp, f"s3://{bucket}/ray"), workers=2, progress=False, fuser_factory=ContextFuser)
+    assert summary.items_done == 2 and not summary.failures, summary.failures
+    _assert_same(_pixels(s3_server, f"s3://{bucket}/ray/outputs"), reference)
+    assert not s3_server.keys(bucket, "ray/work/") and s3_server.keys(bucket, "ray/catalog.json")
