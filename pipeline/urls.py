@@ -19,11 +19,12 @@ AWS_ENDPOINT_URL (boto3 / s3fs read it themselves); GDAL's spelling of the same 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import posixpath
 import re
-from typing import Iterable
+from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 # scheme -> the fsspec implementation package (None: built into fsspec, with aiohttp)
@@ -48,6 +49,13 @@ def split(url: str) -> tuple[str, str]:
     """('s3', 'bucket/key') for 's3://bucket/key'."""
     scheme, rest = url.split("://", 1)
     return scheme.lower(), rest
+
+
+def normalise(url: str | pathlib.Path) -> str:
+    """A URL in one spelling for comparisons: scheme in lower case, no '.' or '//' segments,
+    no trailing slash."""
+    scheme, rest = split(str(url))
+    return f"{scheme}://{posixpath.normpath(rest).lstrip('/')}".rstrip("/")
 
 
 def join(base: str | pathlib.Path, *parts: str) -> str | pathlib.Path:
@@ -111,6 +119,21 @@ def filesystem(url: str):
     return fsspec.core.url_to_fs(url)
 
 
+def modified(url: str):
+    """When the object was last written (a timezone-aware datetime), or None when the store does
+    not say or cannot be asked."""
+    import datetime as dt
+
+    try:
+        meta = info(url)
+    except Exception:  # noqa: BLE001 - descriptive only
+        return None
+    value = meta.get("LastModified") or meta.get("last_modified") or meta.get("mtime")
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    return value if isinstance(value, dt.datetime) and value.tzinfo else None
+
+
 def read_bytes(url: str, start: int | None = None, end: int | None = None) -> bytes:
     """Bytes [start, end) of an object in one request (no HEAD, no read-ahead)."""
     fs, path = filesystem(url)
@@ -127,6 +150,17 @@ def open_binary(url: str, block_size: int = 4 << 20):
     """A seekable read-only file object for an object (reads in `block_size` ranges, cached)."""
     fs, path = filesystem(url)
     return fs.open(path, "rb", block_size=block_size)
+
+
+@contextlib.contextmanager
+def opened(path: str | pathlib.Path, block_size: int = 256 << 10) -> Iterator:
+    """For libraries that take a path or a file object (tifffile, Pillow): a local path as it is,
+    an object as a seekable file object reading `block_size` ranges (closed on exit)."""
+    if not is_url(path):
+        yield path
+        return
+    with open_binary(str(path), block_size) as handle:
+        yield handle
 
 
 def glob(root: str, pattern: str) -> list[str]:
