@@ -116,7 +116,12 @@ def filesystem(url: str):
             extra = EXTRAS.get(package)
             hint = f"pip install 'tcmoa[{extra}]'" if extra else f"pip install {package}"
             raise MissingPackage(f"{url}: reading {scheme}:// URLs needs the {package} package ({hint})") from None
-    return fsspec.core.url_to_fs(url)
+    options = {}
+    if scheme == "s3" and (endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
+        # passed explicitly (s3fs would find it too) so that fsspec's cache of filesystem
+        # instances, keyed by these options, never serves one made for another endpoint
+        options["endpoint_url"] = endpoint
+    return fsspec.core.url_to_fs(url, **options)
 
 
 def modified(url: str):
@@ -186,7 +191,10 @@ def describe(exc: BaseException) -> str:
         return "no such object (the key does not exist)"
     if isinstance(exc, PermissionError) or "403" in lower or "access denied" in lower or "accessdenied" in lower \
             or "signature" in lower or "invalidaccesskeyid" in lower:
-        return f"access denied (check the credentials in the environment or ~/.aws: {text})"
+        code = re.search(r"An error occurred \((\w+)\)", text)
+        return f"access denied ({code.group(1) if code else 'HTTP 403'}; check the credentials in the environment or ~/.aws)"
+    if re.search(r"got \d+ bytes, expected \d+", lower) or "read error" in lower:
+        return f"short read: the object ends early or the endpoint stopped answering ({text})"
     if any(s in lower for s in ("connect", "timed out", "timeout", "connection", "curl error", "could not resolve")):
         return f"the endpoint does not answer ({text})"
     return text
@@ -246,11 +254,17 @@ def gdal_options(files: Iterable[str | pathlib.Path] = ()) -> dict[str, str]:
     if "" not in suffixes:
         options["CPL_VSIL_CURL_ALLOWED_EXTENSIONS"] = os.environ.get("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ",".join(sorted(suffixes)))
     options.update(endpoint_options())
+    # One decoding thread, whatever the caller asked: with GDAL_NUM_THREADS > 1, GDAL 3.10 returns
+    # zeros without an error when a range request fails (the endpoint went away mid-read) and skips
+    # its retries (OSGeo/gdal#11552, #12426; reproduced here by tests/test_remote_inputs.py:
+    # test_endpoint_that_stops_answering_mid_run). A remote read waits on the network anyway.
+    options["GDAL_NUM_THREADS"] = "1"
     return options
 
 
 def gdal_env(files: Iterable[str | pathlib.Path] = (), **extra):
-    """A rasterio.Env for reading `files` (remote options only where one is a URL), plus `extra`."""
+    """A rasterio.Env for reading `files` (remote options only where one is a URL) with `extra`
+    options, which the remote-read options override where both name one."""
     import rasterio
 
-    return rasterio.Env(**gdal_options(files), **extra)
+    return rasterio.Env(**{**extra, **gdal_options(files)})

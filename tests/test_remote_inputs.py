@@ -100,3 +100,230 @@ def test_a_job_on_a_bucket_equals_the_same_job_on_local_files(tmp_path, s3_serve
     # a second run finds every item unchanged (object size + ETag) and redoes nothing
     again = run_job(parse_job(_job(f"s3://{bucket}/archive", tmp_path / "out_s3", tmp_path / "run_s3"), base=tmp_path), progress=False)
     assert again.items_skipped == 5 and again.units_run == 0 and again.failures == [], again
+
+
+# ----------------------------------------------------------------------------- failures
+GOOD = ("good1", "good2")
+
+
+def _pair(folder: pathlib.Path, scene: str, shape=(70, 90), seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+    rng = np.random.default_rng(seed)
+    a = write_geotiff(folder / f"{scene}_a.tif", random_raster(rng, (3, *shape), "uint16"))
+    b = write_geotiff(folder / f"{scene}_b.tif", random_raster(rng, shape, "uint16"))
+    return a, b
+
+
+def _bucket_archive(server, tmp_path: pathlib.Path, bucket: str | None = None) -> tuple[str, dict[str, tuple[str, str]]]:
+    """good1/good2 pairs uploaded to a bucket: (bucket, {item: (url_a, url_b)})."""
+    bucket = bucket or server.bucket()
+    rows = {}
+    for i, scene in enumerate(GOOD):
+        files = _pair(tmp_path / "local", scene, seed=i)
+        for path in files:
+            server.client().upload_file(str(path), bucket, f"archive/{path.name}")
+        rows[scene] = tuple(f"s3://{bucket}/archive/{p.name}" for p in files)
+    return bucket, rows
+
+
+def _run_items(tmp_path: pathlib.Path, rows: dict[str, tuple[str, str]], fuser=None):
+    """A job listing its items (discover: list), outputs and run directory local."""
+    doc = {
+        "name": "test", "task": "vif",
+        "discover": {"type": "list", "items": [{"item": k, "a": a, "b": b} for k, (a, b) in rows.items()]},
+        "sources": [{"role": "a", "normalise": "dtype"}, {"role": "b", "normalise": "dtype"}],
+        "reference": "a",
+        "tiling": {"tile": 112, "overlap": 32, "block": 64},
+        "output": {"formats": ["cog", "zarr"], "chunk": 64, "dir": str(tmp_path / "out")},
+        "run_dir": str(tmp_path / "run"),
+    }
+    return run_job(parse_job(doc, base=tmp_path), fuser=fuser or ContextFuser(), progress=False)
+
+
+def _check(tmp_path: pathlib.Path, summary, url: str, *words: str) -> None:
+    """The bad item alone failed, with a one-line error naming the URL; the others are done; no
+    output, temporary or work store of the bad item is left."""
+    assert summary.items_done == 2, summary.failures
+    assert [f["item_id"] for f in summary.failures] == ["bad"], summary.failures
+    error = summary.failures[0]["error"]
+    assert url in error and "\n" not in error, error
+    assert "s3:/" + url[len("s3://"):] not in error.replace(url, "")  # the URL intact, never pathlib's 's3:/b/k'
+    for word in words:
+        assert word in error, error
+    out = tmp_path / "out"
+    for scene in GOOD:
+        assert (out / f"{scene}.tif").is_file() and (out / f"{scene}.zarr").is_dir()
+    leftovers = [p.name for p in out.rglob("*") if p.name.startswith("bad") or ".tmp-" in p.name]
+    assert leftovers == [], leftovers
+    work = tmp_path / "run" / "work"
+    assert not work.exists() or not any(work.rglob("bad*")), list(work.rglob("*"))
+    states = {i["item"]: i["status"] for i in run_status(tmp_path / "run")["items"]}
+    assert states == {"test/bad": "failed", "test/good1": "done", "test/good2": "done"}
+
+
+def test_missing_bucket(tmp_path, s3_server):
+    _, rows = _bucket_archive(s3_server, tmp_path)
+    url = "s3://no-such-bucket-tcmoa/archive/bad_a.tif"
+    rows["bad"] = (url, rows["good1"][1])
+    _check(tmp_path, _run_items(tmp_path, rows), url, "bucket does not exist")
+
+
+def test_missing_key(tmp_path, s3_server):
+    bucket, rows = _bucket_archive(s3_server, tmp_path)
+    url = f"s3://{bucket}/archive/bad_b.tif"
+    rows["bad"] = (rows["good1"][0], url)
+    _check(tmp_path, _run_items(tmp_path, rows), url, "no such object")
+
+
+def test_truncated_object(tmp_path, s3_server):
+    bucket, rows = _bucket_archive(s3_server, tmp_path)
+    a, _ = _pair(tmp_path / "local", "bad", seed=5)
+    data = a.read_bytes()
+    s3_server.client().put_object(Bucket=bucket, Key="archive/bad_a.tif", Body=data[: len(data) // 2])  # the upload was cut
+    url = f"s3://{bucket}/archive/bad_a.tif"
+    rows["bad"] = (url, rows["good1"][1])
+    _check(tmp_path, _run_items(tmp_path, rows), url, "truncated")
+
+
+@pytest.fixture
+def iam_mode(s3_server, monkeypatch):
+    """Switches the moto server to IAM mode (its /moto-api/reset-auth switch) with the
+    environment's credentials those of a user allowed to read one bucket only; back to no
+    authentication after the test. Yields enforce(allowed_bucket)."""
+    import urllib.request
+
+    import boto3
+    import s3fs
+
+    def switch_auth(count: bytes) -> None:
+        request = urllib.request.Request(f"{s3_server.endpoint}/moto-api/reset-auth", data=count, method="POST",
+                                         headers={"Content-Type": "text/plain"})  # a form body would not reach moto
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def enforce(allowed: str) -> None:
+        iam = boto3.client("iam", endpoint_url=s3_server.endpoint, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        user = f"reader-{allowed}"
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="read-one-bucket", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                           "Resource": [f"arn:aws:s3:::{allowed}", f"arn:aws:s3:::{allowed}/*"]}],
+        }))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        s3fs.S3FileSystem.clear_instance_cache()  # instances made with the other credentials
+        switch_auth(b"0")
+
+    try:
+        yield enforce
+    finally:
+        switch_auth(b"inf")
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_access_denied(tmp_path, s3_server, iam_mode):
+    allowed, forbidden = s3_server.bucket("allowed"), s3_server.bucket("private")
+    _, rows = _bucket_archive(s3_server, tmp_path, bucket=allowed)
+    s3_server.client().upload_file(str(tmp_path / "local" / "good1_a.tif"), forbidden, "archive/bad_a.tif")
+    url = f"s3://{forbidden}/archive/bad_a.tif"
+    rows["bad"] = (url, rows["good1"][1])
+    iam_mode(allowed)  # from here on, requests are checked against the user's policy
+    _check(tmp_path, _run_items(tmp_path, rows), url, "access denied")
+
+
+class _Proxy:
+    """A TCP relay on 127.0.0.1 to the S3 server that can be cut: stop() closes the listening
+    socket and every open connection, as when an endpoint goes away mid-run."""
+
+    def __init__(self, target: str):
+        import socket
+        import threading
+
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections: list = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # stopped
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        import socket
+
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (a bare close would not)
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+                except OSError:
+                    pass
+
+
+class _CutEndpointFuser(ContextFuser):
+    """Cuts the endpoint on its first call: the run is under way (planned, first item started)."""
+
+    def __init__(self, proxy: _Proxy):
+        super().__init__()
+        self.proxy = proxy
+
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False):
+        self.proxy.stop()
+        return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+
+def test_endpoint_that_stops_answering_mid_run(tmp_path, s3_server, monkeypatch):
+    import s3fs
+
+    good = {scene: tuple(map(str, _pair(tmp_path / "local", scene, seed=i))) for i, scene in enumerate(GOOD)}
+    bucket = s3_server.bucket()
+    # large enough that planning (headers: the first 64 KB) leaves most of it unread
+    bad_a, _ = _pair(tmp_path / "big", "bad", shape=(600, 700), seed=7)
+    s3_server.client().upload_file(str(bad_a), bucket, "archive/bad_a.tif")
+    proxy = _Proxy(s3_server.host_port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{proxy.address}")
+    monkeypatch.setenv("AWS_S3_ENDPOINT", proxy.address)
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")  # keep the test short: the endpoint is gone for good
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = f"s3://{bucket}/archive/bad_a.tif"
+    rows = {**good, "bad": (url, str(tmp_path / "big" / "bad_b.tif"))}
+    try:
+        summary = _run_items(tmp_path, rows, fuser=_CutEndpointFuser(proxy))
+    finally:
+        proxy.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+    _check(tmp_path, summary, url, "short read")
