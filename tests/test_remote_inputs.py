@@ -327,3 +327,127 @@ def test_endpoint_that_stops_answering_mid_run(tmp_path, s3_server, monkeypatch)
         proxy.stop()
         s3fs.S3FileSystem.clear_instance_cache()
     _check(tmp_path, summary, url, "short read")
+
+
+# ----------------------------------------------------------------------------- STAC API search
+class _StacApi:
+    """A minimal STAC API on 127.0.0.1 (landing page + item search, GET and POST) over a fixed
+    list of items; the searches it received are kept for the test to look at."""
+
+    def __init__(self, features: list[dict]):
+        import http.server
+        import threading
+        import urllib.parse
+
+        api = self
+        self.features, self.searches = features, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, document: dict) -> None:
+                body = json.dumps(document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                url = urllib.parse.urlsplit(self.path)
+                if url.path.rstrip("/") == "/search":
+                    query = urllib.parse.parse_qs(url.query)
+                    self._search({"collections": query["collections"][0].split(",")} if "collections" in query else {})
+                else:
+                    self._send(api.landing())
+
+            def do_POST(self):
+                self._search(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+            def _search(self, params: dict) -> None:
+                api.searches.append(params)
+                wanted = params.get("collections")
+                found = [f for f in api.features if not wanted or f["collection"] in wanted]
+                self._send({"type": "FeatureCollection", "features": found, "links": []})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def landing(self) -> dict:
+        return {
+            "type": "Catalog", "id": "test-api", "description": "test", "stac_version": "1.0.0",
+            "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"],
+            "links": [{"rel": "self", "href": self.url}, {"rel": "root", "href": self.url},
+                      {"rel": "search", "href": f"{self.url}/search", "type": "application/geo+json", "method": "GET"},
+                      {"rel": "search", "href": f"{self.url}/search", "type": "application/geo+json", "method": "POST"}],
+        }
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_stac_api_search_discovers_items_in_a_bucket(tmp_path, s3_server):
+    bucket, rows = _bucket_archive(s3_server, tmp_path)
+    features = [
+        {"type": "Feature", "stac_version": "1.0.0", "id": scene, "collection": "pairs", "geometry": None,
+         "properties": {"datetime": "2024-05-01T10:00:00Z"}, "links": [],
+         "assets": {"optical": {"href": a}, "thermal": {"href": b}}}
+        for scene, (a, b) in rows.items()
+    ]
+    features.append({**features[0], "id": "elsewhere", "collection": "other"})  # the search must leave it out
+    api = _StacApi(features)
+    try:
+        doc = {
+            "name": "test", "task": "vif",
+            "discover": {"type": "stac", "api": api.url, "search": {"collections": ["pairs"], "max_items": 10}},
+            "sources": [{"role": "a", "assets": ["optical"], "normalise": "dtype"},
+                        {"role": "b", "assets": ["thermal"], "normalise": "dtype"}],
+            "tiling": {"tile": 112, "overlap": 32, "block": 64},
+            "output": {"formats": ["cog"], "chunk": 64, "dir": str(tmp_path / "out")},
+            "run_dir": str(tmp_path / "run"),
+        }
+        summary = run_job(parse_job(doc, base=tmp_path), fuser=ContextFuser(), progress=False)
+    finally:
+        api.stop()
+    assert summary.failures == [] and summary.items_done == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["good1.tif", "good2.tif"]
+    assert api.searches and all(s.get("collections") == ["pairs"] for s in api.searches), api.searches
+
+
+def test_stac_api_that_does_not_answer_is_a_collection_error(tmp_path):
+    from s3_server import free_port
+
+    doc = {
+        "name": "test", "task": "vif",
+        "discover": {"type": "stac", "api": f"http://127.0.0.1:{free_port()}", "search": {"collections": ["pairs"]}},
+        "sources": [{"role": "a", "assets": ["optical"]}, {"role": "b", "assets": ["thermal"]}],
+        "run_dir": str(tmp_path / "run"),
+    }
+    summary = run_job(parse_job(doc, base=tmp_path), fuser=ContextFuser(), progress=False)
+    assert [f["item_id"] for f in summary.failures] == ["*"]
+    error = summary.failures[0]["error"]
+    assert doc["discover"]["api"] in error and "STAC API search" in error and "\n" not in error, error
+
+
+def test_tcmoa_fuse_takes_urls(tmp_path, s3_server):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    bucket, rows = _bucket_archive(s3_server, tmp_path)
+    local = [str(tmp_path / "local" / f"good1_{r}.tif") for r in ("a", "b")]
+    runner = CliRunner()
+    for name, sources in (("from_disk", local), ("from_bucket", rows["good1"])):
+        result = runner.invoke(main, ["fuse", *sources, "-o", str(tmp_path / name / "fused.tif"),
+                                      "--weights", "baseline:average", "--tile", "112", "--overlap", "32", "--quiet"],
+                               catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    pixels = output_pixels(tmp_path / "from_bucket")
+    np.testing.assert_array_equal(pixels["fused.tif"], output_pixels(tmp_path / "from_disk")["fused.tif"])
+    # and a URL that names nothing: one line naming it
+    missing = f"s3://{bucket}/archive/nothing.tif"
+    result = runner.invoke(main, ["fuse", missing, local[1], "-o", str(tmp_path / "x.tif"), "--weights", "baseline:average"])
+    assert result.exit_code != 0 and missing in result.output, result.output
