@@ -12,6 +12,7 @@ import pathlib
 import re
 from typing import Iterable
 
+from pipeline import urls
 from pipeline.errors import JobError
 
 CLAIM = "claim"  # status record kind: output paths an item's export is about to write
@@ -57,22 +58,22 @@ def same_path(a: pathlib.Path, b: pathlib.Path) -> bool:
         return False
 
 
-def input_collisions(outputs: Iterable[pathlib.Path], inputs: Iterable[str | pathlib.Path]) -> list[str]:
-    """Reasons an output would replace an input: the same file, or a folder output holding an input."""
-    from pipeline import runstore
-
+def input_collisions(outputs: Iterable[pathlib.Path | str], inputs: Iterable[str | pathlib.Path]) -> list[str]:
+    """Reasons an output would replace an input: the same file (or object), or a folder (prefix)
+    output holding an input. URLs are compared as URLs (never through realpath, which would read
+    's3://b/k' as a local relative path)."""
     inputs = list(inputs)
-    urls_in = {str(p) for p in inputs if runstore.is_remote(p)}
-    inputs = [pathlib.Path(os.path.realpath(p)) for p in inputs if not runstore.is_remote(p)]
+    remote = [urls.normalise(p) for p in inputs if urls.is_url(p)]
+    inputs = [pathlib.Path(os.path.realpath(p)) for p in inputs if not urls.is_url(p)]
     problems = []
-    for output in outputs:
-        if runstore.is_remote(output):  # an object: the same URL, or a prefix holding an input
-            url = runstore.normalise(output)
-            for source in sorted(urls_in):
-                if source == url:
-                    problems.append(f"output {url} is the input file {source}: refusing to replace an input")
-                elif source.startswith(url + "/"):
-                    problems.append(f"output {url} is a folder holding the input {source}: refusing to replace it")
+    for output in map(str, outputs):  # (an object output may come as a runstore.ObjectPath)
+        if urls.is_url(output):
+            target = urls.normalise(output)
+            for source in remote:
+                if source == target:
+                    problems.append(f"output {output} is the input object {source}: refusing to replace an input")
+                elif source.startswith(target + "/"):
+                    problems.append(f"output {output} is a prefix holding the input {source}: refusing to replace it")
             continue
         real = pathlib.Path(os.path.realpath(output))
         for source in inputs:

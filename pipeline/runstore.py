@@ -58,7 +58,7 @@ class ObjectPath:
     url: str
 
     def __post_init__(self):
-        object.__setattr__(self, "url", self.url.rstrip("/"))
+        object.__setattr__(self, "url", urls.normalise(self.url))
 
     def __truediv__(self, other: str) -> "ObjectPath":
         return ObjectPath(f"{self.url}/{str(other).strip('/')}")
@@ -275,9 +275,9 @@ def zarr_store(path, *, read_only: bool = False):
         return path
     from zarr.storage import FsspecStore
 
-    # zarr wants an asynchronous filesystem: its own instance, configured from the environment
-    # as pipeline.urls' filesystems are (AWS_ENDPOINT_URL, credentials)
-    return FsspecStore.from_url(path.url, read_only=read_only)
+    # zarr wants an asynchronous filesystem: its own instance, made with the options of
+    # pipeline.urls' filesystem for the URL (the endpoint)
+    return FsspecStore.from_url(path.url, storage_options=path.fs.storage_options, read_only=read_only)
 
 
 @contextlib.contextmanager

@@ -70,6 +70,8 @@ class DiscoverSpec:
     file: pathlib.Path | str | None = None  # csv / stac file (str: a URL; stac: also a STAC API search URL)
     group_by: tuple[str, ...] | None = None  # glob placeholders identifying an item
     items: tuple[dict, ...] = ()  # list: rows written in the job itself, like the rows of a csv
+    api: str | None = None  # stac: a STAC API's root URL, searched instead of reading a file
+    search: dict = field(default_factory=dict)  # stac api: the search (collections, bbox, datetime, query, filter...)
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,16 @@ def _discover(data: Any, where: str, base: pathlib.Path, problems: list[str]) ->
     f = _Fields(data, where, problems)
     kind = f.choice("type", DISCOVERY_TYPES, "glob")
     root = _path(base, f.str("root", "."))
-    file_value = f.str("file", required=kind in ("csv", "stac"))
+    api = f.str("api")
+    search = f.raw("search", {}) or {}
+    file_value = f.str("file", required=kind == "csv" or (kind == "stac" and not api))
+    if api and (kind != "stac" or not urls.is_url(api)):
+        f.fail("a STAC API search needs type: stac and the API's http(s) URL", "api")
+    if file_value and api:
+        f.fail("give either a STAC file or an API to search, not both", "api")
+    if not isinstance(search, Mapping) or (search and not api):
+        f.fail("a mapping of STAC API search parameters (collections, bbox, datetime, query...) with api:", "search")
+        search = {}
     group_by = f.list("group_by")
     rows = f.list("items", [])
     if kind == "list" and (not rows or not all(isinstance(r, Mapping) for r in rows)):
@@ -326,6 +337,8 @@ def _discover(data: Any, where: str, base: pathlib.Path, problems: list[str]) ->
         file=_path(base, file_value) if file_value else None,
         group_by=tuple(str(g) for g in group_by) if group_by else None,
         items=tuple({str(k): "" if v is None else str(v) for k, v in r.items()} for r in rows),
+        api=api,
+        search=dict(search),
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import crs_forms
+from pipeline import crs_forms, urls
 from pipeline.acquisition import acquisition_range
 
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -110,6 +110,7 @@ def acquisition_properties(sources) -> tuple[dict, dt.datetime | None]:
     origin = "source metadata"
     if start is None:
         mtimes = [dt.datetime.fromtimestamp(os.stat(p).st_mtime, dt.timezone.utc) for p, _ in files if os.path.exists(p)]
+        mtimes += [t for p, _ in files if urls.is_url(p) and (t := urls.modified(p)) is not None]
         if not mtimes:
             mtimes = [dt.datetime.now(dt.timezone.utc)]
         start, end, origin = min(mtimes), max(mtimes), "file modification times (the sources record no acquisition time)"
@@ -166,7 +167,7 @@ def stac_item(item, assets: dict[str, dict], properties: dict, stac_path: pathli
         ))
     for ref in item.sources:
         for path in ref.files:
-            stac.add_link(pystac.Link("derived_from", str(pathlib.Path(path).absolute()) if "://" not in path else path,
+            stac.add_link(pystac.Link("derived_from", path if urls.is_url(path) or "://" in path else str(pathlib.Path(path).absolute()),
                                       title=f"source {ref.role}"))
     document = stac.to_dict(include_self_link=False, transform_hrefs=False)
     if single is None:  # pystac drops a null datetime; the core schema needs the key present

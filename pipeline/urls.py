@@ -19,11 +19,12 @@ AWS_ENDPOINT_URL (boto3 / s3fs read it themselves); GDAL's spelling of the same 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import posixpath
 import re
-from typing import Iterable
+from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 # scheme -> the fsspec implementation package (None: built into fsspec, with aiohttp)
@@ -48,6 +49,13 @@ def split(url: str) -> tuple[str, str]:
     """('s3', 'bucket/key') for 's3://bucket/key'."""
     scheme, rest = url.split("://", 1)
     return scheme.lower(), rest
+
+
+def normalise(url: str | pathlib.Path) -> str:
+    """A URL in one spelling for comparisons: scheme in lower case, no '.' or '//' segments,
+    no trailing slash."""
+    scheme, rest = split(str(url))
+    return f"{scheme}://{posixpath.normpath(rest).lstrip('/')}".rstrip("/")
 
 
 def join(base: str | pathlib.Path, *parts: str) -> str | pathlib.Path:
@@ -108,7 +116,27 @@ def filesystem(url: str):
             extra = EXTRAS.get(package)
             hint = f"pip install 'tcmoa[{extra}]'" if extra else f"pip install {package}"
             raise MissingPackage(f"{url}: reading {scheme}:// URLs needs the {package} package ({hint})") from None
-    return fsspec.core.url_to_fs(url)
+    options = {}
+    if scheme == "s3" and (endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
+        # passed explicitly (s3fs would find it too) so that fsspec's cache of filesystem
+        # instances, keyed by these options, never serves one made for another endpoint
+        options["endpoint_url"] = endpoint
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def modified(url: str):
+    """When the object was last written (a timezone-aware datetime), or None when the store does
+    not say or cannot be asked."""
+    import datetime as dt
+
+    try:
+        meta = info(url)
+    except Exception:  # noqa: BLE001 - descriptive only
+        return None
+    value = meta.get("LastModified") or meta.get("last_modified") or meta.get("mtime")
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    return value if isinstance(value, dt.datetime) and value.tzinfo else None
 
 
 def read_bytes(url: str, start: int | None = None, end: int | None = None) -> bytes:
@@ -127,6 +155,17 @@ def open_binary(url: str, block_size: int = 4 << 20):
     """A seekable read-only file object for an object (reads in `block_size` ranges, cached)."""
     fs, path = filesystem(url)
     return fs.open(path, "rb", block_size=block_size)
+
+
+@contextlib.contextmanager
+def opened(path: str | pathlib.Path, block_size: int = 256 << 10) -> Iterator:
+    """For libraries that take a path or a file object (tifffile, Pillow): a local path as it is,
+    an object as a seekable file object reading `block_size` ranges (closed on exit)."""
+    if not is_url(path):
+        yield path
+        return
+    with open_binary(str(path), block_size) as handle:
+        yield handle
 
 
 def glob(root: str, pattern: str) -> list[str]:
@@ -152,7 +191,10 @@ def describe(exc: BaseException) -> str:
         return "no such object (the key does not exist)"
     if isinstance(exc, PermissionError) or "403" in lower or "access denied" in lower or "accessdenied" in lower \
             or "signature" in lower or "invalidaccesskeyid" in lower:
-        return f"access denied (check the credentials in the environment or ~/.aws: {text})"
+        code = re.search(r"An error occurred \((\w+)\)", text)
+        return f"access denied ({code.group(1) if code else 'HTTP 403'}; check the credentials in the environment or ~/.aws)"
+    if re.search(r"got \d+ bytes, expected \d+", lower) or "read error" in lower:
+        return f"short read: the object ends early or the endpoint stopped answering ({text})"
     if any(s in lower for s in ("connect", "timed out", "timeout", "connection", "curl error", "could not resolve")):
         return f"the endpoint does not answer ({text})"
     return text
@@ -212,11 +254,17 @@ def gdal_options(files: Iterable[str | pathlib.Path] = ()) -> dict[str, str]:
     if "" not in suffixes:
         options["CPL_VSIL_CURL_ALLOWED_EXTENSIONS"] = os.environ.get("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ",".join(sorted(suffixes)))
     options.update(endpoint_options())
+    # One decoding thread, whatever the caller asked: with GDAL_NUM_THREADS > 1, GDAL 3.10 returns
+    # zeros without an error when a range request fails (the endpoint went away mid-read) and skips
+    # its retries (OSGeo/gdal#11552, #12426; reproduced here by tests/test_remote_inputs.py:
+    # test_endpoint_that_stops_answering_mid_run). A remote read waits on the network anyway.
+    options["GDAL_NUM_THREADS"] = "1"
     return options
 
 
 def gdal_env(files: Iterable[str | pathlib.Path] = (), **extra):
-    """A rasterio.Env for reading `files` (remote options only where one is a URL), plus `extra`."""
+    """A rasterio.Env for reading `files` (remote options only where one is a URL) with `extra`
+    options, which the remote-read options override where both name one."""
     import rasterio
 
-    return rasterio.Env(**gdal_options(files), **extra)
+    return rasterio.Env(**{**extra, **gdal_options(files)})

@@ -319,6 +319,13 @@ def parse_task(text: str) -> Any:
 SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"}
 
 
+def _absolute_input(source: str) -> str:
+    """A source as the job records it: a URL as given (s3://, https://...), a local path made absolute."""
+    from pipeline import urls
+
+    return source if urls.is_url(source) else str(pathlib.Path(source).absolute())
+
+
 @click.command("fuse")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path),
@@ -343,7 +350,8 @@ SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"
 def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, reconstruction: str,
          tile: int, overlap: int, normalise: str, prompts: bool, run_dir: pathlib.Path | None, overwrite: bool,
          mode: str | None, show_traceback: bool) -> None:
-    """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file."""
+    """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file.
+    A source may be a URL (s3://, gs://, az://, https://)."""
     from pipeline.output_safety import input_collisions
     from pipeline.spec import parse_job
 
@@ -357,7 +365,7 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
     document = {
         "name": "fuse",
         "task": parse_task(task),
-        "discover": {"type": "list", "items": [{"item": output.stem, **dict(zip(roles, map(str, map(pathlib.Path.absolute, map(pathlib.Path, sources)))))}]},
+        "discover": {"type": "list", "items": [{"item": output.stem, **dict(zip(roles, map(_absolute_input, sources)))}]},
         "sources": [{"role": r, "normalise": normalise} for r in roles],
         "reference": roles[0],
         "tiling": {"tile": tile, "overlap": overlap},
