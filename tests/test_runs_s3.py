@@ -26,6 +26,7 @@ from pipeline.manifest import RunDir, RunDirUnusable
 from pipeline.runners.local import run_job
 from pipeline.spec import parse_job
 from pipeline_support import ContextFuser, pair_job, write_pair_archive
+from s3_server import Relay
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -225,67 +226,6 @@ def test_a_damaged_output_object_is_found_by_verify_and_redone_by_resume(tmp, s3
 
 
 # ----------------------------------------------------------------------------- an endpoint that stops answering
-class CuttingProxy:
-    """A TCP relay on loopback in front of the S3 server that, once it sees a request whose first
-    line holds `trigger`, forwards only part of that request and then stops answering for good
-    (every connection closed, the port no longer listening): an endpoint lost mid-upload."""
-
-    def __init__(self, upstream: str, trigger: bytes):
-        import socket
-        import threading
-
-        host, port = upstream.split("://", 1)[1].split(":")
-        self.upstream = (host, int(port))
-        self.trigger = trigger
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.sockets: list = []
-        self.cut = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while not self.cut.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-    def _pump(self, src, dst, requests: bool) -> None:
-        try:
-            while not self.cut.is_set():
-                data = src.recv(65536)
-                if not data:
-                    break
-                if requests and self.trigger in data.split(b"\r\n", 1)[0]:
-                    dst.sendall(data[: len(data) // 2])  # the headers and a part of the body
-                    self.stop()
-                    return
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            if self.cut.is_set():
-                self.stop()
-
-    def stop(self) -> None:
-        import socket
-
-        self.cut.set()
-        for sock in [self.listener, *self.sockets]:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-
 def test_an_endpoint_lost_mid_upload_leaves_nothing_partial(tmp, s3_server, monkeypatch):
     import rasterio
 
@@ -296,7 +236,7 @@ def test_an_endpoint_lost_mid_upload_leaves_nothing_partial(tmp, s3_server, monk
     job = _job(tmp, run_url)
     reference = _reference(tmp, s3_server)
     # the endpoint dies while s2's COG is being uploaded (s1 is done by then)
-    proxy = CuttingProxy(s3_server.endpoint, f"PUT /{bucket}/run/outputs/s2.tif".encode())
+    proxy = Relay(s3_server.endpoint, cut_on=f"PUT /{bucket}/run/outputs/s2.tif".encode())
     lost = _tcmoa("run", _write(tmp, job), env={"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "1",
                                                 "AWS_RETRY_MODE": "standard"})
     assert proxy.cut.is_set(), lost.stderr
@@ -337,3 +277,20 @@ def test_the_ray_runner_writes_a_run_directory_in_a_bucket(tmp, s3_server, ray_c
     assert summary.items_done == 2 and not summary.failures, summary.failures
     _assert_same(_pixels(s3_server, f"s3://{bucket}/ray/outputs"), reference)
     assert not s3_server.keys(bucket, "ray/work/") and s3_server.keys(bucket, "ray/catalog.json")
+
+
+def test_sources_and_run_directory_in_a_bucket_equal_the_all_local_run(tmp, s3_server):
+    """Issue 15's whole case: the archive in a bucket (read through GDAL /vsis3/), the run
+    directory and outputs in a bucket, against the same job on local files only."""
+    write_pair_archive(tmp / "archive", ("s1", "s2"), (96, 130))
+    bucket = s3_server.bucket()
+    for path in sorted((tmp / "archive").iterdir()):
+        s3_server.client().upload_file(str(path), bucket, f"archive/{path.name}")
+    reference = run_job(_job(tmp / "archive", str(tmp / "local-run")), fuser=ContextFuser(), progress=False)
+    remote_job = _job(tmp / "archive", f"s3://{bucket}/run", discover={"type": "glob", "root": f"s3://{bucket}/archive"})
+    remote = run_job(remote_job, fuser=ContextFuser(), progress=False)
+    assert reference.items_done == remote.items_done == 2 and not remote.failures, remote.failures
+    _assert_same(_pixels(s3_server, f"s3://{bucket}/run/outputs"), _pixels(s3_server, str(tmp / "local-run" / "outputs")))
+    stac = json.loads(s3_server.client().get_object(Bucket=bucket, Key="run/outputs/s1.stac.json")["Body"].read())
+    assert sorted(link["href"] for link in stac["links"] if link["rel"] == "derived_from") == [
+        f"s3://{bucket}/archive/s1_a.tif", f"s3://{bucket}/archive/s1_b.tif"]
