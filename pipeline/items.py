@@ -157,7 +157,7 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
     try:
         # files are written on this machine (local paths: in place; objects: in a temporary folder,
         # each uploaded once when the block ends without error)
-        with runstore.staged({fmt: p for fmt, p in paths.items() if fmt != "zarr"}) as local:
+        with runstore.staged({fmt: p for fmt, p in paths.items() if fmt != "zarr"}, uploaded) as local:
             written: list[pathlib.Path] = []
             try:
                 targets = {fmt: local[fmt] for fmt in item.formats if fmt in FILE_SUFFIXES}
@@ -191,9 +191,8 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
                 for path in written:
                     fsio.remove(path)
                 raise
-            uploaded = [p for fmt, p in paths.items() if fmt != "zarr" and runstore.is_remote(p)]
     except Exception:
-        for path in uploaded:  # an upload that failed part way: remove the objects already put
+        for path in uploaded:  # an upload failed: remove the objects this export already put
             with contextlib.suppress(Exception):
                 runstore.remove_tree(path)
         raise

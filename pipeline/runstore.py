@@ -281,10 +281,11 @@ def zarr_store(path, *, read_only: bool = False):
 
 
 @contextlib.contextmanager
-def staged(paths: dict[str, Location]) -> Iterator[dict[str, pathlib.Path]]:
+def staged(paths: dict[str, Location], uploaded: list | None = None) -> Iterator[dict[str, pathlib.Path]]:
     """Local paths to write the given outputs at: the paths themselves on disk; for objects, the
     same names in a temporary folder, uploaded when the block ends without error (each upload
-    atomic). The temporary folder is removed in every case."""
+    atomic; `uploaded` gets each object put, for the caller to remove if a later one fails). The
+    temporary folder is removed in every case."""
     remote = {k: p for k, p in paths.items() if isinstance(p, ObjectPath)}
     if not remote:
         yield dict(paths)
@@ -295,6 +296,8 @@ def staged(paths: dict[str, Location]) -> Iterator[dict[str, pathlib.Path]]:
         for key, dst in remote.items():
             if local[key].is_file():
                 upload(local[key], dst)
+                if uploaded is not None:
+                    uploaded.append(dst)
 
 
 # ----------------------------------------------------------------------------- run-directory backends
