@@ -147,9 +147,10 @@ class RunDir:
             raise RunDirUnusable(f"{where}: damaged job record (no fingerprint); restore it or use a new run_dir")
         return record
 
-    def claim(self, fingerprint: str, canonical_job: dict, job_name: str) -> None:
+    def claim(self, fingerprint: str, canonical_job: dict, job_name: str, also: tuple[str, ...] = ()) -> None:
         """Bind the run directory to one job fingerprint (a write that succeeds only where no job
-        record is: If-None-Match in an object store); refuse another job with the differences."""
+        record is: If-None-Match in an object store); refuse another job with the differences.
+        `also`: other fingerprints of the same job (the form older run directories recorded)."""
         record = self.job_record()
         if record is None:
             document = json.dumps({"fingerprint": fingerprint, "name": job_name, "created": now().isoformat(),
@@ -157,7 +158,7 @@ class RunDir:
             if self.storage.create("job.json", document.encode()):
                 return
             record = self.job_record()  # another run claimed it in between
-        if record["fingerprint"] == fingerprint:
+        if record["fingerprint"] == fingerprint or record["fingerprint"] in also:
             return
         old, new = _flatten(record.get("job", {})), _flatten(canonical_job)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -110,6 +110,8 @@ class Plan:
     failures: list[dict]  # items that could not be planned: collection, item_id, error
     notes: list[str] = field(default_factory=list)  # e.g. a collection that found no item
     inspected: int = 0  # items whose sources were opened to read their headers (the others came from the record)
+    # the fingerprint run directories written before output paths were relative recorded for this job
+    legacy_fingerprint: str | None = None
 
     @property
     def all_units(self) -> list[Unit]:
@@ -158,10 +160,19 @@ def model_identity(model: ModelSpec, info: ModelInfo, placement: Placement) -> d
     }
 
 
-def canonical_job(job: JobSpec, model_key: dict) -> dict:
-    """What defines a job's results (not its name, batch size or the items found today)."""
+def canonical_job(job: JobSpec, model_key: dict, *, relative_outputs: bool = True) -> dict:
+    """What defines a job's results (not its name, batch size or the items found today). An
+    output folder inside the run directory is given relative to it, so a run directory moved or
+    copied elsewhere (another disk, a bucket) is still the same job's (`relative_outputs=False`:
+    the absolute form older run directories recorded)."""
+    from pipeline import runstore
+
+    collections = [dataclasses.asdict(c) for c in job.collections]
+    if relative_outputs:
+        for c in collections:
+            c["output"]["dir"] = runstore.relative(c["output"]["dir"], job.run_dir)
     return json.loads(canonical_json({
-        "collections": [dataclasses.asdict(c) for c in job.collections],
+        "collections": collections,
         "tiling": dataclasses.asdict(job.tiling),
         "model": model_key,
         "max_pixels": job.max_pixels,
@@ -327,7 +338,8 @@ def plan_job(
             failures.append({"collection": item.collection, "item_id": item.item_id, "error": "; ".join(collisions)})
     for item in items:
         units[item.key] = plan_units(item, job.tiling.block)
-    return Plan(job, digest(canonical, 64), canonical, model_key, model, items, units, failures, notes, inspected)
+    legacy = digest(canonical_job(job, model_key, relative_outputs=False), 64)
+    return Plan(job, digest(canonical, 64), canonical, model_key, model, items, units, failures, notes, inspected, legacy)
 
 
 # ----------------------------------------------------------------------------- estimates

@@ -158,7 +158,8 @@ class Session:
         from tqdm.auto import tqdm
 
         with self.run_dir, stop_on_signals():
-            self.run_dir.claim(self.plan.fingerprint, self.plan.canonical_job, self.job.name)
+            self.run_dir.claim(self.plan.fingerprint, self.plan.canonical_job, self.job.name,
+                               also=(self.plan.legacy_fingerprint,) if self.plan.legacy_fingerprint else ())
             if self.source is not None:  # what `tcmoa resume RUN_DIR` runs again
                 self.run_dir.write_text(JOB_SOURCE, json.dumps(self.source, indent=2, default=str))
             latest = self.run_dir.latest()
