@@ -294,3 +294,20 @@ def test_sources_and_run_directory_in_a_bucket_equal_the_all_local_run(tmp, s3_s
     stac = json.loads(s3_server.client().get_object(Bucket=bucket, Key="run/outputs/s1.stac.json")["Body"].read())
     assert sorted(link["href"] for link in stac["links"] if link["rel"] == "derived_from") == [
         f"s3://{bucket}/archive/s1_a.tif", f"s3://{bucket}/archive/s1_b.tif"]
+
+
+def test_open_run_reads_a_run_directory_in_a_bucket(tmp, s3_server):
+    import tcmoa
+
+    write_pair_archive(tmp, ("s1",), (96, 130))
+    bucket = s3_server.bucket()
+    for run_dir, formats in ((f"s3://{bucket}/zarr", ("zarr",)), (f"s3://{bucket}/cog", ("cog",)), (str(tmp / "local"), ("zarr",))):
+        job = _job(tmp, run_dir)
+        job = parse_job({**job.document, "output": {**job.document["output"], "formats": list(formats)}}, base=tmp)
+        run_job(job, fuser=ContextFuser(), progress=False)
+    local = tcmoa.open_run(tmp / "local")["s1"]
+    for name in ("zarr", "cog"):
+        run = tcmoa.open_run(f"s3://{bucket}/{name}")
+        assert list(run) == ["test/s1"] and run.catalog is not None
+        assert [i.id for i in run.catalog.get_items(recursive=True)] == ["s1"]
+        np.testing.assert_array_equal(run["s1"].fused.values, local.fused.values)
