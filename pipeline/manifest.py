@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import pathlib
 import uuid
 from typing import Any, Iterable

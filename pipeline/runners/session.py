@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import pathlib
 import time
 import traceback
 from dataclasses import dataclass, field
