@@ -151,7 +151,8 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
         "TCMOA_JOB": run.job_name, "TCMOA_ITEM": item.key, "TCMOA_TASK": json.dumps(item.task),
         "TCMOA_PROVENANCE": canonical_json(provenance(run, item, stretches)),
     }
-    common = dict(grid=item.grid, blocksize=item.cog_blocksize, compress=item.compress, rows=item.chunk, tags=tags)
+    common = dict(grid=item.grid, blocksize=item.cog_blocksize, compress=item.compress, rows=item.chunk, tags=tags,
+                  zarr_format=item.zarr_format)
     uploaded: list = []
     assets: dict[str, dict] = {}
     try:

@@ -147,7 +147,7 @@ class FusionWorker:
         with self._stage("write"):  # blending is CPU work: off the model's stage
             block = blend_tiles(unit, item, stretches, inputs, tiles)
             write_start = time.perf_counter()
-            checksum = write_block(runstore.location(store), unit, block)
+            checksum = write_block(runstore.location(store), unit, block, item.zarr_format)
             write_s = time.perf_counter() - write_start
         self.last_end = max(self.last_end, time.perf_counter())
         self.units += 1
