@@ -21,6 +21,7 @@ from pipeline.runners.local import run_job
 from pipeline.spec import parse_job
 from pipeline.status import run_status
 from pipeline_support import ContextFuser, output_pixels, random_raster, write_geotiff, write_pair_archive
+from s3_server import Relay
 
 pytest.importorskip("moto.server")
 
@@ -232,72 +233,10 @@ def test_access_denied(tmp_path, s3_server, iam_mode):
     _check(tmp_path, _run_items(tmp_path, rows), url, "access denied")
 
 
-class _Proxy:
-    """A TCP relay on 127.0.0.1 to the S3 server that can be cut: stop() closes the listening
-    socket and every open connection, as when an endpoint goes away mid-run."""
-
-    def __init__(self, target: str):
-        import socket
-        import threading
-
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.connections: list = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # stopped
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.connections += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source, sink) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        import socket
-
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (a bare close would not)
-        except OSError:
-            pass
-        self.listener.close()
-        with self.lock:
-            for conn in self.connections:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                    conn.close()
-                except OSError:
-                    pass
-
-
 class _CutEndpointFuser(ContextFuser):
     """Cuts the endpoint on its first call: the run is under way (planned, first item started)."""
 
-    def __init__(self, proxy: _Proxy):
+    def __init__(self, proxy: Relay):
         super().__init__()
         self.proxy = proxy
 
@@ -314,9 +253,9 @@ def test_endpoint_that_stops_answering_mid_run(tmp_path, s3_server, monkeypatch)
     # large enough that planning (headers: the first 64 KB) leaves most of it unread
     bad_a, _ = _pair(tmp_path / "big", "bad", shape=(600, 700), seed=7)
     s3_server.client().upload_file(str(bad_a), bucket, "archive/bad_a.tif")
-    proxy = _Proxy(s3_server.host_port)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{proxy.address}")
-    monkeypatch.setenv("AWS_S3_ENDPOINT", proxy.address)
+    proxy = Relay(s3_server.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    monkeypatch.setenv("AWS_S3_ENDPOINT", proxy.endpoint.split("://", 1)[1])
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")  # keep the test short: the endpoint is gone for good
     s3fs.S3FileSystem.clear_instance_cache()
     url = f"s3://{bucket}/archive/bad_a.tif"

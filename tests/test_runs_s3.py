@@ -12,9 +12,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -25,7 +22,7 @@ from pipeline.cli import main
 from pipeline.manifest import RunDir, RunDirUnusable
 from pipeline.runners.local import run_job
 from pipeline.spec import parse_job
-from pipeline_support import ContextFuser, pair_job, write_pair_archive
+from pipeline_support import ContextFuser, pair_job, tcmoa_stand_in, write_pair_archive
 from s3_server import Relay
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -132,34 +129,6 @@ def _write(root: pathlib.Path, job) -> pathlib.Path:
 
 
 # ----------------------------------------------------------------------------- kills and damage
-SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    import pipeline.runners.local as local
-    from pipeline.cli import main
-    from pipeline_support import ContextFuser
-
-    class Fuser(ContextFuser):
-        calls = 0
-        def fuse_batch(self, a, b, task="vif", *, return_prompts=False):
-            Fuser.calls += 1
-            if Fuser.calls == int(sys.argv[3]):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return super().fuse_batch(a, b, task, return_prompts=return_prompts)
-
-    run_job = local.run_job
-    local.run_job = lambda job, fuser=None, **kwargs: run_job(job, fuser=Fuser(), **kwargs)
-    main([sys.argv[1], sys.argv[2], "--local", "--quiet"], prog_name="tcmoa")
-""")
-
-
-def _tcmoa(command: str, target, kill_at_call: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`tcmoa COMMAND TARGET --local` in a subprocess with the stand-in model, killed (SIGKILL) in
-    its `kill_at_call`-th model call (0: never)."""
-    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    return subprocess.run([sys.executable, "-c", SCRIPT, command, str(target), str(kill_at_call)],
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
 def _done_units(run_dir: str) -> int:
     return sum(1 for (kind, _), r in RunDir(run_dir).latest().items() if kind == "unit" and r["status"] == "done")
 
@@ -178,7 +147,7 @@ def test_a_killed_run_resumes_with_only_its_unverified_units(tmp, s3_server, mon
     job = _job(tmp, run_url, model={"batch_size": 64})  # one model call per block: 6 blocks
     reference = _reference(tmp, s3_server)
 
-    killed = _tcmoa("run", _write(tmp, job), 4)
+    killed = tcmoa_stand_in("run", _write(tmp, job), 4)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert _done_units(run_url) == 3  # every block finished before the kill is recorded
     assert s3_server.keys(bucket, "run/.lock") == ["run/.lock"]  # the dead run's lease
@@ -200,7 +169,7 @@ def test_a_damaged_output_object_is_found_by_verify_and_redone_by_resume(tmp, s3
     run_url = f"s3://{bucket}/run"
     job = _job(tmp, run_url)
     reference = _reference(tmp, s3_server)
-    assert _tcmoa("run", _write(tmp, job)).returncode == 0
+    assert tcmoa_stand_in("run", _write(tmp, job)).returncode == 0
     first_run = {r["run_id"] for (kind, _), r in RunDir(run_url).latest().items() if kind == "item"}
 
     client = s3_server.client()
@@ -217,7 +186,7 @@ def test_a_damaged_output_object_is_found_by_verify_and_redone_by_resume(tmp, s3
     assert f"{run_url}/outputs/s2.png: missing (recorded done)" in errors
     assert f"{run_url}/outputs/s2.zarr" in errors
 
-    resumed = _tcmoa("resume", run_url)
+    resumed = tcmoa_stand_in("resume", run_url)
     assert resumed.returncode == 0, resumed.stderr
     redone = [r for (kind, _), r in RunDir(run_url).latest().items() if kind == "item"]
     assert len(redone) == 2 and not first_run & {r["run_id"] for r in redone}  # both items exported again
@@ -237,7 +206,7 @@ def test_an_endpoint_lost_mid_upload_leaves_nothing_partial(tmp, s3_server, monk
     reference = _reference(tmp, s3_server)
     # the endpoint dies while s2's COG is being uploaded (s1 is done by then)
     proxy = Relay(s3_server.endpoint, cut_on=f"PUT /{bucket}/run/outputs/s2.tif".encode())
-    lost = _tcmoa("run", _write(tmp, job), env={"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "1",
+    lost = tcmoa_stand_in("run", _write(tmp, job), env={"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "1",
                                                 "AWS_RETRY_MODE": "standard"})
     assert proxy.cut.is_set(), lost.stderr
     assert lost.returncode != 0
@@ -261,7 +230,7 @@ def test_an_endpoint_lost_mid_upload_leaves_nothing_partial(tmp, s3_server, monk
     import time
 
     time.sleep(3.5)  # the lost run's lease expires
-    assert _tcmoa("run", _write(tmp, job)).returncode == 0
+    assert tcmoa_stand_in("run", _write(tmp, job)).returncode == 0
     _assert_same(_pixels(s3_server, f"{run_url}/outputs"), reference)
 
 
