@@ -13,6 +13,8 @@ import pathlib
 import re
 from typing import Iterable
 
+from pipeline import urls
+
 EXIF_IFD = 0x8769
 EXIF_DATETIME = 0x0132
 EXIF_DATETIME_ORIGINAL = 0x9003
@@ -59,14 +61,14 @@ def _from_gdal_metadata(tags: dict[str, str]) -> dt.datetime | None:
 def _raster_time(path: str) -> dt.datetime | None:
     import rasterio
 
-    with rasterio.open(path) as ds:
+    with urls.gdal_env([path]), rasterio.open(path) as ds:
         return _from_gdal_metadata(ds.tags())
 
 
 def _photo_time(path: str) -> dt.datetime | None:
     from PIL import Image
 
-    with Image.open(path) as im:
+    with urls.opened(path) as file, Image.open(file) as im:
         exif = im.getexif()
         sub = exif.get_ifd(EXIF_IFD)
         if EXIF_DATETIME_ORIGINAL in sub:
@@ -79,7 +81,7 @@ def _stack_time(path: str) -> dt.datetime | None:
 
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with urls.opened(path) as file, tifffile.TiffFile(file, name=urls.name(path)) as tif:
         if tif.ome_metadata:
             for element in ET.fromstring(tif.ome_metadata).iter():
                 if element.tag.endswith("}AcquisitionDate") and element.text:
@@ -94,7 +96,7 @@ READERS = {"raster": _raster_time, "photo": _photo_time, "stack": _stack_time}
 def acquisition_time(path: str, kind: str) -> dt.datetime | None:
     """The acquisition time the file records, or None (also when the metadata cannot be read:
     the time is descriptive, a file that fused correctly is not failed over it)."""
-    if not pathlib.Path(path).exists() and "://" not in path:
+    if not urls.is_url(path) and "://" not in path and not pathlib.Path(path).exists():
         return None
     try:
         return READERS[kind](path)

@@ -7,21 +7,27 @@ Three ways, named by `discover.type`:
   sources' patterns are filled in with the item's values. {band} makes one file per listed band.
 - csv: one row per item, an `item` column and one column per source (default: the role); a cell
   may list several paths separated by ';' (band files, or several sources with multiple: true).
-- stac: an ItemCollection (or one Item); each source names asset keys (several = band files).
+- stac: an ItemCollection (or one Item), or the items a STAC API search returns (`discover.api`
+  with `discover.search`, through pystac-client); each source names asset keys (several = band files).
 - list: rows like the CSV's written in the job itself (`discover.items`), paths relative to `root`.
 Relative paths in a CSV or STAC file are resolved against that file's folder.
+
+Every location may be a URL (s3://, gs://, az://, https://; pipeline.urls): a glob root is a
+prefix listed with fsspec, CSV and STAC files are read through fsspec, and URLs stay strings.
 """
 from __future__ import annotations
 
 import csv
 import glob
 import hashlib
+import io
 import json
 import pathlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from pipeline import urls
 from pipeline.spec import CollectionSpec, SourceSpec
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -80,7 +86,13 @@ def _fill(pattern: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: glob.escape(values[m.group(1)]) if m.group(1) in values else "*", pattern)
 
 
-def _glob(root: pathlib.Path, pattern: str) -> list[str]:
+def _glob(root: pathlib.Path | str, pattern: str) -> list[str]:
+    """Matches of `pattern` relative to `root` (a folder, or a prefix in object storage)."""
+    if urls.is_url(root):
+        try:
+            return sorted(urls.glob(root, pattern), key=natural_key)
+        except Exception as exc:  # noqa: BLE001 - fsspec/botocore raise many kinds
+            raise ValueError(f"{urls.join(root, pattern)}: cannot list ({urls.describe(exc)})") from None
     return sorted(glob.glob(pattern, root_dir=root), key=natural_key)
 
 
@@ -112,7 +124,7 @@ def _discover_glob(collection: CollectionSpec) -> list[DiscoveredItem]:
     return items
 
 
-def _glob_role(root: pathlib.Path, source: SourceSpec, values: dict[str, str]) -> RoleFiles:
+def _glob_role(root: pathlib.Path | str, source: SourceSpec, values: dict[str, str]) -> RoleFiles:
     if BAND in PLACEHOLDER.findall(source.pattern):
         files = [_one(root, _fill(source.pattern, {**values, BAND: str(b)}), source) for b in source.bands]
         return RoleFiles(tuple(files), band_files=True)
@@ -120,33 +132,49 @@ def _glob_role(root: pathlib.Path, source: SourceSpec, values: dict[str, str]) -
     if source.multiple:
         matches = _glob(root, pattern)
         if not matches:
-            raise LookupError(f"source {source.role!r}: no file matches {root / pattern}")
-        return RoleFiles(tuple(str(root / m) for m in matches), band_files=False)
+            raise LookupError(f"source {source.role!r}: no file matches {urls.join(root, pattern)}")
+        return RoleFiles(tuple(str(urls.join(root, m)) for m in matches), band_files=False)
     return RoleFiles((_one(root, pattern, source),), band_files=False)
 
 
-def _one(root: pathlib.Path, pattern: str, source: SourceSpec) -> str:
+def _one(root: pathlib.Path | str, pattern: str, source: SourceSpec) -> str:
     matches = _glob(root, pattern)
     if not matches:
-        raise LookupError(f"source {source.role!r}: no file matches {root / pattern}")
+        raise LookupError(f"source {source.role!r}: no file matches {urls.join(root, pattern)}")
     if len(matches) > 1:
         raise LookupError(
-            f"source {source.role!r}: {len(matches)} files match {root / pattern} ({', '.join(matches[:3])}...); "
+            f"source {source.role!r}: {len(matches)} files match {urls.join(root, pattern)} ({', '.join(matches[:3])}...); "
             "refine the pattern, add group_by placeholders or set multiple: true"
         )
-    return str(root / matches[0])
+    return str(urls.join(root, matches[0]))
 
 
-def _resolve(base: pathlib.Path, href: str) -> str:
+def _resolve(base: pathlib.Path | str, href: str) -> str:
+    """A path from a CSV cell or STAC href: URLs and GDAL /vsi names as written, a relative path
+    under `base` (the file's folder or prefix), an absolute path as it is."""
     if href.startswith("file://"):
         href = href[len("file://"):]
     if re.match(r"^[a-z][a-z0-9+.-]*://", href) or href.startswith("/vsi"):
         return href
-    path = pathlib.Path(href)
-    return str(path if path.is_absolute() else base / path)
+    if urls.is_url(base) and pathlib.PurePosixPath(href).is_absolute():
+        return href  # a local path written in a remote file
+    return str(urls.join(base, href))
 
 
-def _role_from_cells(base: pathlib.Path, source: SourceSpec, cells: list[str]) -> RoleFiles:
+def _read_text(path: pathlib.Path | str) -> str:
+    """A CSV or STAC file's text, local or an object (UTF-8)."""
+    if urls.is_url(path):
+        try:
+            return urls.read_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - botocore, aiohttp, fsspec raise many kinds
+            raise OSError(urls.describe(exc)) from None
+    with open(path, newline="", encoding="utf-8") as fh:  # newline="": the csv module's own line handling
+        return fh.read()
+
+
+def _role_from_cells(base: pathlib.Path | str, source: SourceSpec, cells: list[str]) -> RoleFiles:
     files = tuple(_resolve(base, c) for c in cells)
     return RoleFiles(files, band_files=len(files) > 1 and not source.multiple)
 
@@ -154,11 +182,10 @@ def _role_from_cells(base: pathlib.Path, source: SourceSpec, cells: list[str]) -
 def _discover_csv(collection: CollectionSpec) -> list[DiscoveredItem]:
     path = collection.discover.file
     try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the item CSV ({exc})") from None
-    return _items_from_rows(collection, rows, path.parent, str(path), first_line=2)
+    return _items_from_rows(collection, rows, urls.parent(path), str(path), first_line=2)
 
 
 def _discover_list(collection: CollectionSpec) -> list[DiscoveredItem]:
@@ -167,7 +194,7 @@ def _discover_list(collection: CollectionSpec) -> list[DiscoveredItem]:
 
 
 def _items_from_rows(
-    collection: CollectionSpec, rows: list[dict], base: pathlib.Path, where: str, first_line: int
+    collection: CollectionSpec, rows: list[dict], base: pathlib.Path | str, where: str, first_line: int
 ) -> list[DiscoveredItem]:
     header = list(rows[0].keys()) if rows else []
     id_column = "item" if "item" in header else "id"
@@ -192,13 +219,32 @@ def _items_from_rows(
     return items
 
 
-def _discover_stac(collection: CollectionSpec) -> list[DiscoveredItem]:
-    path = collection.discover.file
+def _stac_api_features(collection: CollectionSpec) -> list[dict]:
+    """The items a STAC API search returns (every page), as plain dicts."""
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    api, search = collection.discover.api, dict(collection.discover.search)
     try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the STAC file ({exc})") from None
-    features = document.get("features") if document.get("type") == "FeatureCollection" else [document]
+        return list(Client.open(api).search(**search).items_as_dicts())
+    except (APIError, OSError, ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{api}: STAC API search {search} failed ({urls.describe(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - requests' errors (connection refused...) and the like
+        raise ValueError(f"{api}: STAC API search {search} failed ({urls.describe(exc)})") from None
+
+
+def _discover_stac(collection: CollectionSpec) -> list[DiscoveredItem]:
+    if collection.discover.api:
+        path, features = collection.discover.api, _stac_api_features(collection)
+        base = path  # API items carry absolute hrefs; a relative one is taken against the API's root
+    else:
+        path = collection.discover.file
+        try:
+            document = json.loads(_read_text(path))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read the STAC file ({exc})") from None
+        features = document.get("features") if document.get("type") == "FeatureCollection" else [document]
+        base = urls.parent(path)
     if not isinstance(features, list):
         raise ValueError(f"{path}: expected a STAC ItemCollection or Item")
     items = []
@@ -211,7 +257,7 @@ def _discover_stac(collection: CollectionSpec) -> list[DiscoveredItem]:
             if absent:
                 problems.append(f"source {source.role!r}: item {item_id!r} in {path} has no asset(s) {absent}")
                 continue
-            roles[source.role] = _role_from_cells(path.parent, source, [assets[a]["href"] for a in source.assets])
+            roles[source.role] = _role_from_cells(base, source, [assets[a]["href"] for a in source.assets])
         items.append(DiscoveredItem(collection.name, item_id, roles, "; ".join(problems) or None))
     return items
 

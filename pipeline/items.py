@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from pipeline import fsio, output_safety, radiometry, verify, writers
+from pipeline import fsio, output_safety, radiometry, runstore, verify, writers
 from pipeline.manifest import canonical_json
 from pipeline.stac import stac_item
 from pipeline.plan import ItemPlan, RunInfo
@@ -23,15 +23,18 @@ FILE_SUFFIXES = {"cog": ".tif", "tiff": ".tiff", "png": ".png"}
 STORE_ID_ATTR = "tcmoa:prepare_id"
 
 
-def store_path(work_dir: pathlib.Path, item: ItemPlan) -> pathlib.Path:
-    """The item's work store (in the run directory's work/ folder) while its blocks are written."""
-    return pathlib.Path(work_dir) / item.collection / f"{item.item_id}.zarr"
+def store_path(work_dir, item: ItemPlan) -> runstore.Location:
+    """The item's work store (in the run directory's work/ folder) while its blocks are written:
+    a folder, or a prefix in an object store."""
+    return runstore.location(work_dir) / item.collection / f"{item.item_id}.zarr"
 
 
-def remove_store(work_dir: pathlib.Path, item: ItemPlan) -> None:
+def remove_store(work_dir, item: ItemPlan) -> None:
     """Delete the item's work store (if still there) and the folders it leaves empty."""
     store = store_path(work_dir, item)
-    fsio.remove(store)
+    runstore.remove_tree(store)
+    if runstore.is_remote(store):
+        return  # a prefix without objects is gone by itself
     for folder in (store.parent, pathlib.Path(work_dir)):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty
@@ -41,7 +44,7 @@ def store_matches(path: pathlib.Path, prepare_id: str) -> bool:
     import zarr
 
     try:
-        return zarr.open_group(path, mode="r").attrs.get(STORE_ID_ATTR) == prepare_id
+        return zarr.open_group(runstore.zarr_store(path, read_only=True), mode="r").attrs.get(STORE_ID_ATTR) == prepare_id
     except Exception:  # missing or damaged store: not ours
         return False
 
@@ -80,13 +83,15 @@ def provenance(run: RunInfo, item: ItemPlan, stretches: list[Stretch]) -> dict:
     }
 
 
-def prepare_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path) -> str:
+def prepare_item(run: RunInfo, item: ItemPlan, work_dir) -> str:
     """Compute the item's radiometry and create its work store afresh (arrays, coordinates,
     attributes, all before any unit writes). Returns what its prepare record keeps (JSON): the
     stretches, one per source, and the checksum of what no block writes in the store."""
-    fsio.check_writable(pathlib.Path(item.output_base).parent)
     store = store_path(work_dir, item)
-    fsio.remove_stale_temporaries(store)
+    if not runstore.is_remote(item.output_base):
+        fsio.check_writable(pathlib.Path(item.output_base).parent)
+    if not runstore.is_remote(store):
+        fsio.remove_stale_temporaries(store)
     stretches = compute_stretches(item)
     attributes = {
         STORE_ID_ATTR: item.prepare_id,
@@ -94,18 +99,24 @@ def prepare_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path) -> str:
         "provenance": json.loads(canonical_json(provenance(run, item, stretches))),
     }
     prompt_names = [f"share:{role}" for role in item.roles] if item.prompt_maps else None
-    with fsio.atomic_path(store, replace_dir=True) as tmp:  # the work store is the run's own
-        writers.create_store(
-            tmp, grid=item.grid, channels=item.out_channels, dtype=np.dtype(item.output_dtype), nodata=item.output_nodata,
-            chunk=item.chunk, band_names=list(item.band_names), prompt_names=prompt_names, attributes=attributes,
-            zarr_format=item.zarr_format,
-        )
+    create = dict(grid=item.grid, channels=item.out_channels, dtype=np.dtype(item.output_dtype), nodata=item.output_nodata,
+                  chunk=item.chunk, band_names=list(item.band_names), prompt_names=prompt_names, attributes=attributes,
+                  zarr_format=item.zarr_format)
+    if runstore.is_remote(store):
+        # no rename in an object store: the store is made in place, after clearing what a killed
+        # preparation left; it is trusted only through its prepare record, written after this
+        # returns, with the digest of what was made
+        runstore.remove_tree(store)
+        writers.create_store(store, **create)
+    else:
+        with fsio.atomic_path(store, replace_dir=True) as tmp:  # the work store is the run's own
+            writers.create_store(tmp, **create)
     return canonical_json({"radiometry": [s.to_dict() for s in stretches], "store": verify.store_static_digest(store)})
 
 
 # ----------------------------------------------------------------------------- export
-def output_paths(item: ItemPlan) -> dict[str, pathlib.Path]:
-    base = pathlib.Path(item.output_base)
+def output_paths(item: ItemPlan) -> dict[str, runstore.Location]:
+    base = runstore.location(item.output_base)
     paths = {fmt: base.with_name(base.name + FILE_SUFFIXES[fmt]) for fmt in item.formats if fmt in FILE_SUFFIXES}
     if "zarr" in item.formats:
         paths["zarr"] = base.with_name(base.name + ".zarr")
@@ -119,7 +130,7 @@ def output_paths(item: ItemPlan) -> dict[str, pathlib.Path]:
 OUTPUT_KINDS = {"zarr": "zarr store"}  # every other output is a file
 
 
-def check_item_outputs(run: RunInfo, item: ItemPlan, owned: set[str]) -> dict[str, pathlib.Path]:
+def check_item_outputs(run: RunInfo, item: ItemPlan, owned: set[str]) -> dict[str, runstore.Location]:
     """The item's output paths, after refusing (OutputRefused) any that holds something this run
     did not create, unless the job says overwrite (and then only a thing of the same kind)."""
     paths = output_paths(item)
@@ -140,37 +151,52 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
         "TCMOA_JOB": run.job_name, "TCMOA_ITEM": item.key, "TCMOA_TASK": json.dumps(item.task),
         "TCMOA_PROVENANCE": canonical_json(provenance(run, item, stretches)),
     }
-    common = dict(grid=item.grid, blocksize=item.cog_blocksize, compress=item.compress, rows=item.chunk, tags=tags)
-    written: list[pathlib.Path] = []
+    common = dict(grid=item.grid, blocksize=item.cog_blocksize, compress=item.compress, rows=item.chunk, tags=tags,
+                  zarr_format=item.zarr_format)
+    uploaded: list = []
     assets: dict[str, dict] = {}
     try:
-        targets = {fmt: paths[fmt] for fmt in item.formats if fmt in FILE_SUFFIXES}
-        if targets:
-            written += writers.export_files(store, targets, array=writers.FUSED, nodata=item.output_nodata,
-                                            band_names=list(item.band_names), **common).values()
-        if "prompts" in paths:
-            fmt = "cog" if "cog" in item.formats else "tiff"
-            written += writers.export_files(store, {fmt: paths["prompts"]}, array=writers.PROMPTS, nodata=float("nan"),
-                                            band_names=[f"share:{r}" for r in item.roles], **common).values()
-        for fmt, path in paths.items():
-            if fmt == "stac":
-                continue
-            source = store if fmt == "zarr" else path
-            assets[fmt] = {"path": str(path), "format": "cog" if fmt == "prompts" and "cog" in item.formats else ("tiff" if fmt == "prompts" else fmt),
-                           "sha256": fsio.sha256_output(source), "size": fsio.output_size(source),
-                           "roles": ["data"] if fmt != "prompts" else ["metadata"]}
-        with fsio.atomic_path(paths["stac"]) as tmp:
-            stac = stac_item(item, assets,
-                             {"tcmoa:job": run.job_name, "tcmoa:task": item.task, "tcmoa:fuser": run.model_key.get("fuser", "")},
-                             paths["stac"])
-            tmp.write_text(json.dumps(stac, indent=2))
-        written.append(paths["stac"])
+        # files are written on this machine (local paths: in place; objects: in a temporary folder,
+        # each uploaded once when the block ends without error)
+        with runstore.staged({fmt: p for fmt, p in paths.items() if fmt != "zarr"}, uploaded) as local:
+            written: list[pathlib.Path] = []
+            try:
+                targets = {fmt: local[fmt] for fmt in item.formats if fmt in FILE_SUFFIXES}
+                if targets:
+                    written += writers.export_files(store, targets, array=writers.FUSED, nodata=item.output_nodata,
+                                                    band_names=list(item.band_names), **common).values()
+                if "prompts" in paths:
+                    fmt = "cog" if "cog" in item.formats else "tiff"
+                    written += writers.export_files(store, {fmt: local["prompts"]}, array=writers.PROMPTS, nodata=float("nan"),
+                                                    band_names=[f"share:{r}" for r in item.roles], **common).values()
+                for fmt, path in paths.items():
+                    if fmt == "stac":
+                        continue
+                    source = store if fmt == "zarr" else local[fmt]
+                    assets[fmt] = {"path": runstore.normalise(path),
+                                   "format": "cog" if fmt == "prompts" and "cog" in item.formats else ("tiff" if fmt == "prompts" else fmt),
+                                   "sha256": runstore.sha256_output(source), "size": runstore.output_size(source),
+                                   "roles": ["data"] if fmt != "prompts" else ["metadata"]}
+                # the Item's asset hrefs are relative to it: computed on the local names (the
+                # outputs of an item are siblings wherever they are)
+                beside = {fmt: {**a, "path": str(local["stac"].with_name(paths[fmt].name))} for fmt, a in assets.items()}
+                with fsio.atomic_path(local["stac"]) as tmp:
+                    stac = stac_item(item, beside,
+                                     {"tcmoa:job": run.job_name, "tcmoa:task": item.task, "tcmoa:fuser": run.model_key.get("fuser", "")},
+                                     local["stac"])
+                    tmp.write_text(json.dumps(stac, indent=2))
+                written.append(local["stac"])
+                assets["stac"] = {"path": runstore.normalise(paths["stac"]), "format": "stac",
+                                  "sha256": fsio.sha256_file(local["stac"]), "size": local["stac"].stat().st_size}
+            except Exception:
+                for path in written:
+                    fsio.remove(path)
+                raise
     except Exception:
-        for path in written:
-            fsio.remove(path)
+        for path in uploaded:  # an upload failed: remove the objects this export already put
+            with contextlib.suppress(Exception):
+                runstore.remove_tree(path)
         raise
-    assets["stac"] = {"path": str(paths["stac"]), "format": "stac", "sha256": fsio.sha256_file(paths["stac"]),
-                      "size": paths["stac"].stat().st_size}
     return assets
 
 
@@ -181,8 +207,19 @@ def place_store(work_dir: pathlib.Path, item: ItemPlan) -> None:
     store = store_path(work_dir, item)
     paths = output_paths(item)
     if "zarr" in paths:  # checked by the export: nothing there, or a store this run made (or may overwrite)
-        fsio.move_into_place(store, paths["zarr"], replace_dir=True)
+        if runstore.is_remote(store) or runstore.is_remote(paths["zarr"]):
+            _copy_store(store, paths["zarr"])
+        else:
+            fsio.move_into_place(store, paths["zarr"], replace_dir=True)
     remove_store(work_dir, item)
+
+
+def _copy_store(store, dst) -> None:
+    """The work store to the Zarr output where one of them is in an object store (no rename there):
+    the old output (the run's own, checked by the export) is removed, then the objects copied with
+    the metadata last, so the store opens only once complete."""
+    runstore.remove_tree(dst)
+    runstore.copy_tree(store, dst)
 
 
 def stretches_from_json(info: str) -> list[Stretch]:
@@ -193,7 +230,8 @@ def stretches_from_json(info: str) -> list[Stretch]:
 def interrupted_temporaries(items, work_dir: pathlib.Path) -> list[pathlib.Path]:
     """Remove the temporaries a killed run left (half-written exports and stores) of these items."""
     removed = []
-    for item in items:
+    for item in items:  # (an object store holds no temporaries: uploads appear whole or not at all)
         for path in [*output_paths(item).values(), store_path(work_dir, item)]:
-            removed += fsio.remove_stale_temporaries(path)
+            if not runstore.is_remote(path):
+                removed += fsio.remove_stale_temporaries(path)
     return removed

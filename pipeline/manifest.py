@@ -2,7 +2,8 @@
 
 Layout of a run directory:
   job.json            the job fingerprint and the canonical job it was computed from
-  .lock               held (flock) while a run is active: one run per directory at a time
+  .lock               held while a run is active: one run per directory at a time (flock on
+                      disk; a lease object in an object store, `pipeline.runstore`)
   items.parquet       the plan, one row per item (sources, grid, planning errors)
   plan.parquet        the plan, one row per work unit (deterministic id, block window, tiles)
   status/part-*.parquet  status records appended during runs (never rewritten in place)
@@ -15,10 +16,8 @@ written only after what it describes was verified (read back, checksummed).
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
-import os
 import pathlib
 import uuid
 from typing import Any, Iterable
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import EXIT_BAD_JOB, EXIT_CANNOT_PROCEED
-from pipeline.fsio import atomic_path
+from pipeline import runstore
 from pipeline.writers import json_safe
 
 STATUS_SCHEMA = pa.schema([
@@ -83,49 +82,46 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class RunDir:
-    def __init__(self, path: str | pathlib.Path):
-        self.path = pathlib.Path(path)
+    """A run directory on disk or under an object-store prefix (`pipeline.runstore` does the
+    storage: flock or lease, rename or single PUT)."""
+
+    def __init__(self, path: "str | pathlib.Path | runstore.ObjectPath"):
+        self.path = runstore.location(path)
+        self.remote = runstore.is_remote(self.path)
         self.status_dir = self.path / "status"
         self.work_dir = self.path / "work"
-        self._lock_fh = None
+        self.storage = runstore.backend(self.path)
         self.run_id = f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
-    def store_path(self, collection: str, item_id: str) -> pathlib.Path:
+    def store_path(self, collection: str, item_id: str):
         """Where an item's blocks are assembled before its export."""
         return self.work_dir / collection / f"{item_id}.zarr"
 
+    def resolve(self, recorded: str):
+        """A path the manifest recorded (relative to the run directory, or absolute in older runs)."""
+        return runstore.resolve(recorded, self.path)
+
+    def relative(self, path) -> str:
+        """A path as the manifest records it: relative to the run directory when inside it."""
+        return runstore.relative(path, self.path)
+
     # ------------------------------------------------------------------ ownership
     def lock(self) -> None:
-        """Hold the run directory for this process (released by unlock or at exit)."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirUnusable(f"{self.path}: run_dir is an existing file, not a folder: choose another run_dir")
+        """Hold the run directory for this run (released by unlock, or at exit / lease expiry)."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path / ".lock", "a+")
-        except OSError as exc:
-            raise RunDirUnusable(f"{self.path}: cannot use as run directory: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise RunDirUnusable(f"{self.path}: run directory is in use by another run ({holder})") from None
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} since {now():%Y-%m-%d %H:%M:%S} UTC")
-            fh.flush()
-        except OSError as exc:
-            fh.close()
-            raise RunDirUnusable(f"{self.path / '.lock'}: cannot write the lock file: {exc.strerror or exc}") from None
-        self._lock_fh = fh
+            self.storage.lock(f"{now():%Y-%m-%d %H:%M:%S}")
+        except runstore.RunDirUnavailable as exc:
+            raise RunDirUnusable(str(exc)) from None
 
     def unlock(self) -> None:
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        self.storage.unlock()
+
+    def check_held(self) -> None:
+        """Raise RunDirUnusable if this run no longer holds the run directory (a lost lease)."""
+        try:
+            self.storage.check_held()
+        except runstore.RunDirUnavailable as exc:
+            raise RunDirUnusable(str(exc)) from None
 
     def __enter__(self) -> "RunDir":
         self.lock()
@@ -135,27 +131,33 @@ class RunDir:
         self.unlock()
 
     def job_record(self) -> dict | None:
-        path = self.path / "job.json"
-        if not path.exists():
+        where = f"{self.path}/job.json"
+        try:
+            data = self.storage.read_bytes("job.json")
+        except OSError as exc:
+            raise RunDirUnusable(f"{where}: cannot read the job record ({exc})") from None
+        if data is None:
             return None
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON
-            raise RunDirUnusable(f"{path}: damaged job record ({exc}); restore it or use a new run_dir") from None
+            record = json.loads(data.decode("utf-8"))
+        except ValueError as exc:  # not UTF-8, not JSON
+            raise RunDirUnusable(f"{where}: damaged job record ({exc}); restore it or use a new run_dir") from None
         if not isinstance(record, dict) or "fingerprint" not in record:
-            raise RunDirUnusable(f"{path}: damaged job record (no fingerprint); restore it or use a new run_dir")
+            raise RunDirUnusable(f"{where}: damaged job record (no fingerprint); restore it or use a new run_dir")
         return record
 
-    def claim(self, fingerprint: str, canonical_job: dict, job_name: str) -> None:
-        """Bind the run directory to one job fingerprint; refuse another job with the differences."""
+    def claim(self, fingerprint: str, canonical_job: dict, job_name: str, also: tuple[str, ...] = ()) -> None:
+        """Bind the run directory to one job fingerprint (a write that succeeds only where no job
+        record is: If-None-Match in an object store); refuse another job with the differences.
+        `also`: other fingerprints of the same job (the form older run directories recorded)."""
         record = self.job_record()
         if record is None:
-            with atomic_path(self.path / "job.json") as tmp:
-                tmp.write_text(json.dumps({
-                    "fingerprint": fingerprint, "name": job_name, "created": now().isoformat(), "job": canonical_job,
-                }, indent=2, sort_keys=True, default=str))
-            return
-        if record["fingerprint"] == fingerprint:
+            document = json.dumps({"fingerprint": fingerprint, "name": job_name, "created": now().isoformat(),
+                                   "job": canonical_job}, indent=2, sort_keys=True, default=str)
+            if self.storage.create("job.json", document.encode()):
+                return
+            record = self.job_record()  # another run claimed it in between
+        if record["fingerprint"] == fingerprint or record["fingerprint"] in also:
             return
         old, new = _flatten(record.get("job", {})), _flatten(canonical_job)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -166,32 +168,49 @@ class RunDir:
             f"(differs in: {shown or 'unknown'}). Use another run_dir for a different job."
         )
 
-    # ------------------------------------------------------------------ tables
+    # ------------------------------------------------------------------ files and tables
+    def write_text(self, name: str, text: str) -> None:
+        """A small document of the run directory, replaced atomically."""
+        self.storage.write_bytes(name, text.encode("utf-8"))
+
+    def read_text(self, name: str) -> str | None:
+        data = self.storage.read_bytes(name)
+        return None if data is None else data.decode("utf-8")
+
     def write_table(self, name: str, rows: list[dict], schema: pa.Schema | None = None) -> None:
         table = pa.Table.from_pylist(rows, schema=schema) if rows or schema else pa.table({})
-        with atomic_path(self.path / name) as tmp:
-            pq.write_table(table, tmp)
+        self.storage.write_parquet(name, table)
 
     def read_table(self, name: str) -> pa.Table | None:
-        path = self.path / name
-        return _read_parquet(path) if path.exists() else None
+        data = self.storage.read_bytes(name)
+        return None if data is None else _read_parquet(data, f"{self.path}/{name}")
 
-    def append(self, records: Iterable[dict]) -> pathlib.Path | None:
-        """Write the records as a new status part (durably); returns its path."""
+    def append(self, records: Iterable[dict]) -> str | None:
+        """Write the records as a new status part (durably: fsynced, or one PUT); returns its name."""
         rows = [{**{f.name: None for f in STATUS_SCHEMA}, "run_id": self.run_id, **r} for r in records]
         if not rows:
             return None
-        self.status_dir.mkdir(parents=True, exist_ok=True)
-        path = self.status_dir / f"part-{now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}.parquet"
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.Table.from_pylist(rows, schema=STATUS_SCHEMA), tmp)
-        return path
+        self.check_held()
+        name = f"status/part-{now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}.parquet"
+        if not self.remote:
+            self.status_dir.mkdir(parents=True, exist_ok=True)
+        self.storage.write_parquet(name, pa.Table.from_pylist(rows, schema=STATUS_SCHEMA))
+        return name
+
+    def _parts(self) -> list[str]:
+        return self.storage.list("status", "part-")
+
+    def _read_part(self, name: str) -> pa.Table:
+        data = self.storage.read_bytes(name)
+        if data is None:
+            raise RunDirUnusable(f"{self.path}/{name}: status part vanished while read (another run on this run directory?)")
+        return _read_parquet(data, f"{self.path}/{name}", STATUS_SCHEMA)
 
     def records(self) -> pa.Table:
-        parts = sorted(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
+        parts = [p for p in self._parts() if p.endswith(".parquet")]
         if not parts:
             return STATUS_SCHEMA.empty_table()
-        return pa.concat_tables([_read_parquet(p, STATUS_SCHEMA) for p in parts])
+        return pa.concat_tables([self._read_part(p) for p in parts])
 
     def latest(self) -> dict[tuple[str, str], dict]:
         """The last record per (kind, id), in the order they were appended."""
@@ -200,25 +219,25 @@ class RunDir:
             latest[(row["kind"], row["id"])] = row
         return latest
 
-    def compact(self, parts: list[pathlib.Path] | None = None) -> None:
-        """Merge the status parts (all, or the consecutive `parts` given) into one file; the records
-        are kept, in order."""
+    def compact(self, parts: list[str] | None = None) -> None:
+        """Merge the status parts (all, or the consecutive `parts` given) into one; the records
+        are kept, in order. (An object store cannot append: a part per record, merged in groups.)"""
         if parts is None:
-            parts = list(self.status_dir.glob("part-*.parquet")) if self.status_dir.exists() else []
-        parts = sorted(parts)
+            parts = [p for p in self._parts() if p.endswith(".parquet")]
+        parts = sorted(str(p) if not isinstance(p, pathlib.Path) else f"status/{p.name}" for p in parts)
         if len(parts) < 2:
             return
-        table = pa.concat_tables([_read_parquet(p, STATUS_SCHEMA) for p in parts])
-        with atomic_path(parts[-1]) as tmp:  # the newest name keeps the merged records last in order
-            pq.write_table(table, tmp)
+        table = pa.concat_tables([self._read_part(p) for p in parts])
+        # the newest name keeps the merged records last in order
+        self.storage.write_parquet(parts[-1], table)
         for part in parts[:-1]:
-            part.unlink()
+            self.storage.delete(part)
 
 
-def _read_parquet(path: pathlib.Path, schema: pa.Schema | None = None) -> pa.Table:
+def _read_parquet(data: bytes, where: str, schema: pa.Schema | None = None) -> pa.Table:
     try:
-        return pq.read_table(path, schema=schema)
+        return pq.read_table(pa.BufferReader(data), schema=schema)
     except (OSError, pa.ArrowException) as exc:
         raise RunDirUnusable(
-            f"{path}: damaged run-directory table ({str(exc).splitlines()[0]}); move it aside to redo what it recorded"
+            f"{where}: damaged run-directory table ({str(exc).splitlines()[0]}); move it aside to redo what it recorded"
         ) from None

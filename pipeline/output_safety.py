@@ -12,6 +12,7 @@ import pathlib
 import re
 from typing import Iterable
 
+from pipeline import urls
 from pipeline.errors import JobError
 
 CLAIM = "claim"  # status record kind: output paths an item's export is about to write
@@ -23,8 +24,13 @@ class OutputRefused(JobError):
     """An output path that must not be written (the message names it and why)."""
 
 
-def kind_of(path: pathlib.Path) -> str:
-    """What is at `path`: missing, file, zarr store, folder, symlink or other."""
+def kind_of(path) -> str:
+    """What is at `path`: missing, file, zarr store, folder, symlink or other (an object path:
+    missing, file, zarr store or folder)."""
+    from pipeline import runstore
+
+    if runstore.is_remote(path):
+        return runstore.kind_of(runstore.location(path))
     if path.is_symlink():
         return "symlink"
     if not path.exists():
@@ -52,11 +58,23 @@ def same_path(a: pathlib.Path, b: pathlib.Path) -> bool:
         return False
 
 
-def input_collisions(outputs: Iterable[pathlib.Path], inputs: Iterable[str | pathlib.Path]) -> list[str]:
-    """Reasons an output would replace an input: the same file, or a folder output holding an input."""
-    inputs = [pathlib.Path(os.path.realpath(p)) for p in inputs]
+def input_collisions(outputs: Iterable[pathlib.Path | str], inputs: Iterable[str | pathlib.Path]) -> list[str]:
+    """Reasons an output would replace an input: the same file (or object), or a folder (prefix)
+    output holding an input. URLs are compared as URLs (never through realpath, which would read
+    's3://b/k' as a local relative path)."""
+    inputs = list(inputs)
+    remote = [urls.normalise(p) for p in inputs if urls.is_url(p)]
+    inputs = [pathlib.Path(os.path.realpath(p)) for p in inputs if not urls.is_url(p)]
     problems = []
-    for output in outputs:
+    for output in map(str, outputs):  # (an object output may come as a runstore.ObjectPath)
+        if urls.is_url(output):
+            target = urls.normalise(output)
+            for source in remote:
+                if source == target:
+                    problems.append(f"output {output} is the input object {source}: refusing to replace an input")
+                elif source.startswith(target + "/"):
+                    problems.append(f"output {output} is a prefix holding the input {source}: refusing to replace it")
+            continue
         real = pathlib.Path(os.path.realpath(output))
         for source in inputs:
             if real == source or same_path(output, source):
@@ -66,27 +84,32 @@ def input_collisions(outputs: Iterable[pathlib.Path], inputs: Iterable[str | pat
     return problems
 
 
-def owned_paths(latest: dict) -> set[str]:
-    """Output paths this run directory created: claimed by an export or recorded in a done item."""
+def owned_paths(latest: dict, run_dir) -> set[str]:
+    """Output paths this run directory created: claimed by an export or recorded in a done item
+    (recorded relative to the run directory, or absolute in older runs)."""
+    from pipeline import runstore
+
     owned: set[str] = set()
     for (kind, _), record in latest.items():
         if kind == CLAIM and record.get("info"):
             owned.update(json.loads(record["info"])["paths"])
         elif kind == "item" and record.get("status") == "done" and record.get("info"):
             owned.update(a["path"] for a in json.loads(record["info"])["assets"].values())
-    return {os.path.abspath(p) for p in owned}
+    return {runstore.normalise(runstore.resolve(p, run_dir)) for p in owned}
 
 
-def check_output(path: pathlib.Path, expected: str, *, owned: set[str], overwrite: bool) -> None:
+def check_output(path, expected: str, *, owned: set[str], overwrite: bool) -> None:
     """Raise OutputRefused unless `path` may be written: nothing there, or a `expected` ('file' or
     'zarr store') that this run created or that the job allows to overwrite."""
+    from pipeline import runstore
+
     found = kind_of(path)
     if found == "missing":
         return
     if found != expected and not (found == "empty folder" and expected == "zarr store"):
         raise OutputRefused(f"output {path}: a {found} is already there and this output is a {expected}: "
                             f"refusing to replace it (move it away or change output.name)")
-    if os.path.abspath(path) in owned or overwrite:
+    if runstore.normalise(path) in owned or overwrite:
         return
     raise OutputRefused(f"output {path}: a {found} that this run did not create is already there: "
                         "refusing to replace it (set overwrite: true in the job, or `tcmoa fuse --overwrite`, to replace it)")

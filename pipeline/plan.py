@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline import output_safety, radiometry
+from pipeline import output_safety, radiometry, urls
 from pipeline.discover import DiscoveredItem, discover
 from pipeline.errors import JobError
 from pipeline.manifest import canonical_json, digest
@@ -110,6 +110,8 @@ class Plan:
     failures: list[dict]  # items that could not be planned: collection, item_id, error
     notes: list[str] = field(default_factory=list)  # e.g. a collection that found no item
     inspected: int = 0  # items whose sources were opened to read their headers (the others came from the record)
+    # the fingerprint run directories written before output paths were relative recorded for this job
+    legacy_fingerprint: str | None = None
 
     @property
     def all_units(self) -> list[Unit]:
@@ -123,6 +125,16 @@ class Plan:
 
 # ----------------------------------------------------------------------------- identities
 def file_identity(path: str) -> dict:
+    """What identifies a file's content without reading it: path, size and modification time (an
+    object: URL, size and the store's ETag, which changes whenever the object is rewritten)."""
+    if urls.is_url(path):
+        try:
+            meta = urls.info(path)
+        except Exception:  # noqa: BLE001 - unreachable now: the inspection says why
+            return {"path": path}
+        version = {k: str(meta[k]) for k in ("ETag", "etag", "LastModified", "last_modified", "mtime", "VersionId")
+                   if meta.get(k) is not None}
+        return {"path": path, "size": meta.get("size"), **version}
     try:
         st = os.stat(path)
         return {"path": str(pathlib.Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -148,10 +160,19 @@ def model_identity(model: ModelSpec, info: ModelInfo, placement: Placement) -> d
     }
 
 
-def canonical_job(job: JobSpec, model_key: dict) -> dict:
-    """What defines a job's results (not its name, batch size or the items found today)."""
+def canonical_job(job: JobSpec, model_key: dict, *, relative_outputs: bool = True) -> dict:
+    """What defines a job's results (not its name, batch size or the items found today). An
+    output folder inside the run directory is given relative to it, so a run directory moved or
+    copied elsewhere (another disk, a bucket) is still the same job's (`relative_outputs=False`:
+    the absolute form older run directories recorded)."""
+    from pipeline import runstore
+
+    collections = [dataclasses.asdict(c) for c in job.collections]
+    if relative_outputs:
+        for c in collections:
+            c["output"]["dir"] = runstore.relative(c["output"]["dir"], job.run_dir)
     return json.loads(canonical_json({
-        "collections": [dataclasses.asdict(c) for c in job.collections],
+        "collections": collections,
         "tiling": dataclasses.asdict(job.tiling),
         "model": model_key,
         "max_pixels": job.max_pixels,
@@ -233,7 +254,7 @@ def plan_item(
         band_names = tuple(f"fused_{c + 1}" for c in range(out_channels))
     if "png" in out.formats and dtype not in (np.dtype("uint8"), np.dtype("uint16")):
         raise ValueError(f"item {found.item_id}: png output needs output.dtype uint8 or uint16, not {dtype}")
-    base = out.dir / out.name.format(item=found.item_id, collection=collection.name)
+    base = urls.join(out.dir, out.name.format(item=found.item_id, collection=collection.name))
     tiles = make_grid(grid.height, grid.width, job.tiling.tile, job.tiling.overlap, tile_multiple, job.tiling.border_pad)
     settings = {
         "task": collection.task, "tiling": dataclasses.asdict(job.tiling), "model": model_key,
@@ -283,7 +304,7 @@ def plan_job(
     inputs: set[str] = set()  # every file any item reads: no output may land on one
     for collection in job.collections:
         root = collection.discover.root
-        if collection.discover.type == "glob" and not root.is_dir():
+        if collection.discover.type == "glob" and not urls.is_url(root) and not root.is_dir():
             raise JobError(f"collection {collection.name!r}: discover.root {root} "
                            f"{'is not a folder' if root.exists() else 'does not exist'}")
         try:
@@ -317,7 +338,8 @@ def plan_job(
             failures.append({"collection": item.collection, "item_id": item.item_id, "error": "; ".join(collisions)})
     for item in items:
         units[item.key] = plan_units(item, job.tiling.block)
-    return Plan(job, digest(canonical, 64), canonical, model_key, model, items, units, failures, notes, inspected)
+    legacy = digest(canonical_job(job, model_key, relative_outputs=False), 64)
+    return Plan(job, digest(canonical, 64), canonical, model_key, model, items, units, failures, notes, inspected, legacy)
 
 
 # ----------------------------------------------------------------------------- estimates

@@ -202,7 +202,8 @@ def build_views(run_path: pathlib.Path, out_dir: pathlib.Path, metrics: pathlib.
                         timings=_timings([r for r in records if r]), metrics=scores.get(row["item_id"], []))
         finished = records[-1]
         if finished and finished["status"] == "done":
-            assets = json.loads(finished["info"])["assets"]
+            assets = {fmt: {**a, "path": str(run_dir.resolve(a["path"]))}  # recorded relative to the run directory
+                      for fmt, a in json.loads(finished["info"])["assets"].items()}
             view.outputs = [(fmt, _href(pathlib.Path(a["path"]), out_dir)) for fmt, a in assets.items()]
             view.panels = _panels(out_dir, key, row, assets)
         views.append(view)

@@ -46,13 +46,15 @@ class RunOutputs:
         return self.status.get("failures", [])
 
 
-def _open_file(path: pathlib.Path, name: str, dim: str):
+def _open_file(path, name: str, dim: str):
     import rasterio
     import rioxarray
 
-    with warnings.catch_warnings():
+    from pipeline import urls
+
+    with warnings.catch_warnings(), urls.gdal_env([str(path)]):  # an object: GDAL's remote-read options
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # photos
-        array = rioxarray.open_rasterio(path, mask_and_scale=True)
+        array = rioxarray.open_rasterio(str(path), mask_and_scale=True).load()
     return array.rename({"band": dim}).rename(name) if dim != "band" else array.rename(name)
 
 
@@ -60,14 +62,16 @@ def open_item(assets: dict):
     """One item's outputs (its recorded assets) as an xarray Dataset."""
     import xarray as xr
 
-    if "zarr" in assets:
-        return xr.open_zarr(assets["zarr"]["path"])
+    from pipeline import runstore
+
+    if "zarr" in assets:  # a folder, or zarr's FsspecStore for a store in a bucket
+        return xr.open_zarr(runstore.zarr_store(assets["zarr"]["path"], read_only=True))
     fmt = next((f for f in FILE_FORMATS if f in assets), None)
     if fmt is None:
         raise ValueError(f"no raster output among {sorted(assets)}")
-    parts = [_open_file(pathlib.Path(assets[fmt]["path"]), "fused", "band")]
+    parts = [_open_file(assets[fmt]["path"], "fused", "band")]
     if "prompts" in assets:
-        parts.append(_open_file(pathlib.Path(assets["prompts"]["path"]), "prompt_share", "source"))
+        parts.append(_open_file(assets["prompts"]["path"], "prompt_share", "source"))
     return xr.merge(parts, combine_attrs="drop_conflicts", compat="override", join="override")
 
 
@@ -76,12 +80,29 @@ def open_run(path: str | pathlib.Path) -> RunOutputs:
     from pipeline.stac import CATALOG_FILE
     from pipeline.status import done_outputs, run_status
 
-    path = pathlib.Path(path)
+    from pipeline import runstore
+
+    path = runstore.location(path)
     status = run_status(path)  # raises FileNotFoundError for a folder that is not a run directory
     datasets = {key: open_item(assets) for key, assets in done_outputs(path).items()}
     catalog = None
-    if (path / CATALOG_FILE).exists():
+    if runstore.exists(path / CATALOG_FILE):
         import pystac
 
-        catalog = pystac.Catalog.from_file(str(path / CATALOG_FILE))
+        catalog = pystac.Catalog.from_file(str(path / CATALOG_FILE), stac_io=_stac_io())
     return RunOutputs(path, datasets, catalog, status)
+
+
+def _stac_io():
+    """pystac's I/O, reading object-store URLs (s3://...) through fsspec as well."""
+    import pystac
+
+    from pipeline import urls
+
+    class FsspecStacIO(pystac.stac_io.DefaultStacIO):
+        def read_text_from_href(self, href: str) -> str:
+            if urls.is_url(href) and not href.startswith(("http://", "https://")):
+                return urls.read_bytes(href).decode("utf-8")
+            return super().read_text_from_href(href)
+
+    return FsspecStacIO()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import pathlib
@@ -26,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline import urls
 from pipeline.errors import one_line
 from pipeline.spec import NormaliseSpec
 
@@ -108,7 +110,24 @@ def _missing_reason(path: pathlib.Path) -> str:
     return "file does not exist"
 
 
-def _magic(path: pathlib.Path) -> bytes:
+def _head(path: str | pathlib.Path, size: int) -> bytes:
+    """The first `size` bytes of a file or object (one ranged GET for a URL)."""
+    if urls.is_url(path):
+        return urls.read_bytes(str(path), 0, size)
+    with open(path, "rb") as fh:
+        return fh.read(size)
+
+
+def _magic(path: str | pathlib.Path) -> bytes:
+    if urls.is_url(path):
+        try:
+            head = _head(path, 16)
+        except Exception as exc:  # botocore, aiohttp and fsspec raise many kinds
+            raise SourceError(path, urls.describe(exc)) from None
+        if not head:
+            raise SourceError(path, "object is empty (0 bytes)")
+        return head
+    path = pathlib.Path(path)
     if not path.exists():
         raise SourceError(path, _missing_reason(path))
     if path.is_dir():
@@ -124,7 +143,6 @@ def _magic(path: pathlib.Path) -> bytes:
 
 
 def detect_kind(path: str | pathlib.Path) -> str:
-    path = pathlib.Path(path)
     head = _magic(path)
     if head.startswith(PHOTO_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "photo"
@@ -145,7 +163,21 @@ class _TiffDamage(logging.Handler):
             self.messages.append(record.getMessage())
 
 
-def _tiff_series(path: pathlib.Path):
+@contextlib.contextmanager
+def _tiff_file(path: str | pathlib.Path, block_size: int = 256 << 10) -> Iterator:
+    """A tifffile.TiffFile of a local file or an object (read through fsspec in `block_size`
+    ranges: small for headers, larger for the planes of a stack)."""
+    import tifffile
+
+    with urls.opened(path, block_size) as file, tifffile.TiffFile(file, name=urls.name(path)) as tif:
+        yield tif
+
+
+def _file_size(path: str | pathlib.Path) -> int:
+    return int(urls.info(str(path))["size"]) if urls.is_url(path) else pathlib.Path(path).stat().st_size
+
+
+def _tiff_series(path: str | pathlib.Path):
     import tifffile
 
     _magic(path)  # a missing file, a link loop, an empty file: said as such
@@ -153,9 +185,9 @@ def _tiff_series(path: pathlib.Path):
     log = logging.getLogger("tifffile")
     log.addHandler(damage)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tiff_file(path) as tif:
             series = tif.series[0]
-            size = path.stat().st_size
+            size = _file_size(path)
             # a truncated file: tifffile drops the pages (and OME planes) it cannot reach and says so
             # only in its log; image data past the end would read as garbage
             beyond = any(o + c > size for page in tif.pages for o, c in zip(page.dataoffsets, page.databytecounts))
@@ -167,6 +199,8 @@ def _tiff_series(path: pathlib.Path):
     except SourceError:
         raise
     except Exception as exc:  # tifffile raises many kinds on damaged files
+        if urls.is_url(path) and not isinstance(exc, (ValueError, tifffile.TiffFileError)):
+            raise SourceError(path, urls.describe(exc)) from None  # the store, not the file
         raise SourceError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
     finally:
         log.removeHandler(damage)
@@ -200,7 +234,7 @@ def expand_sources(
     if band_files or (len(files) == 1 and not multiple):
         file_kind = kind if kind != "auto" else detect_kind(files[0])
         if file_kind == "stack" and not band_files:
-            planes = _stack_layout(pathlib.Path(files[0]))[1]
+            planes = _stack_layout(files[0])[1]
             return [make(f"{role}[{z}]", files, z, "stack") for z in range(planes)]
         return [make(role, files, None, file_kind)]
     refs = []
@@ -216,7 +250,7 @@ def expand_sources(
 def inspect(ref: SourceRef) -> SourceInfo:
     """Header facts of a source (no pixel reads). Raises SourceError naming the file."""
     for file in ref.files:
-        _magic(pathlib.Path(file))
+        _magic(file)
     if ref.kind == "raster":
         return _inspect_raster(ref)
     if ref.kind == "stack":
@@ -242,8 +276,11 @@ def _open_raster(path: str):
     from rasterio.errors import RasterioIOError
 
     try:
-        return rasterio.open(path)
+        with urls.gdal_env([path]):
+            return rasterio.open(path)
     except RasterioIOError as exc:
+        if urls.is_url(path):
+            raise SourceError(path, f"cannot open ({urls.describe(exc)})") from None
         raise SourceError(path, f"not an image or raster GDAL can read ({exc})") from None
 
 
@@ -261,7 +298,7 @@ def _inspect_raster(ref: SourceRef) -> SourceInfo:
                 if ds.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"):
                     raise SourceError(file, f"unsupported data type {ds.dtypes[0]}")
                 channel_count += len(bands)
-                names += [ds.descriptions[b - 1] or f"band{b}" for b in bands] if len(ref.files) == 1 else [pathlib.Path(file).stem]
+                names += [ds.descriptions[b - 1] or f"band{b}" for b in bands] if len(ref.files) == 1 else [pathlib.PurePosixPath(urls.name(file)).stem]
                 if i == 0:
                     geo = ds.crs is not None and not ds.transform.is_identity
                     first = SourceInfo(
@@ -274,7 +311,7 @@ def _inspect_raster(ref: SourceRef) -> SourceInfo:
     return replace(first, channels=channel_count, band_names=tuple(names))
 
 
-def _stack_layout(path: pathlib.Path) -> tuple[_SeriesShape, int]:
+def _stack_layout(path: str | pathlib.Path) -> tuple[_SeriesShape, int]:
     series = _tiff_series(path)
     axis = _plane_axis(series.axes)
     planes = series.shape[axis] if axis is not None else 1
@@ -285,7 +322,7 @@ def _stack_layout(path: pathlib.Path) -> tuple[_SeriesShape, int]:
 
 
 def _inspect_stack(ref: SourceRef) -> SourceInfo:
-    path = pathlib.Path(ref.files[0])
+    path = ref.files[0]
     series, planes = _stack_layout(path)
     shape = dict(zip(series.axes, series.shape))
     channels_in_file = next((shape[a] for a in CHANNEL_AXES if a in shape), 1)
@@ -298,9 +335,8 @@ def _inspect_stack(ref: SourceRef) -> SourceInfo:
     )
 
 
-def _is_png16_colour(path: pathlib.Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(26)
+def _is_png16_colour(path: str | pathlib.Path) -> bool:
+    head = _head(path, 26)
     return head.startswith(b"\x89PNG") and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
 
 
@@ -310,7 +346,8 @@ def _open_photo(path: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            # an object is fetched whole, in one request (photos are small next to a block)
+            return Image.open(io.BytesIO(urls.read_bytes(path)) if urls.is_url(path) else path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SourceError(path, f"claims an image too large to decode safely ({exc})") from None
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
@@ -328,30 +365,27 @@ def _decoded_shape(shape: tuple[int, ...], orientation: int) -> tuple[int, int, 
     return height, width, channels - 1 if channels in (2, 4) else channels  # alpha becomes the mask
 
 
-def _photo_header(path: pathlib.Path) -> tuple[int, int, int, np.dtype]:
+def _photo_header(path: str | pathlib.Path) -> tuple[int, int, int, np.dtype]:
     """Height, width, channels and dtype of a TIFF photo or 16-bit colour PNG from its header alone:
     nothing is decoded before limits.max_pixels is checked."""
     if _magic(path)[:4] in TIFF_MAGIC:
-        import tifffile
-
         try:
-            with tifffile.TiffFile(path) as tif:
+            with _tiff_file(path) as tif:
                 page = tif.pages[0]
                 orientation = int(page.tags["Orientation"].value) if "Orientation" in page.tags else 1
                 shape, dtype = tuple(page.shape), np.dtype(page.dtype)
         except Exception as exc:  # tifffile raises many kinds on damaged files
             raise SourceError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
         return (*_decoded_shape(shape, orientation), dtype)
-    with open(path, "rb") as fh:
-        head = fh.read(26)
+    head = _head(path, 26)
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     return height, width, 3, np.dtype("uint16")  # colour type 2 (RGB) or 6 (RGBA, alpha as the mask)
 
 
 def _inspect_photo(ref: SourceRef) -> SourceInfo:
     path = ref.files[0]
-    if _magic(pathlib.Path(path))[:4] in TIFF_MAGIC or _is_png16_colour(pathlib.Path(path)):
-        height, width, count, dtype = _photo_header(pathlib.Path(path))
+    if _magic(path)[:4] in TIFF_MAGIC or _is_png16_colour(path):
+        height, width, count, dtype = _photo_header(path)
     else:
         with _open_photo(path) as im:
             width, height = im.size
@@ -457,7 +491,8 @@ class Reader:
         return valid
 
     def _fail(self, exc: Exception, file: str | None = None) -> SourceError:
-        return SourceError(file or self.ref.files[0], f"read failed ({one_line(exc)})")
+        file = file or self.ref.files[0]
+        return SourceError(file, f"read failed ({urls.describe(exc) if urls.is_url(file) else one_line(exc)})")
 
 
 STRIP_BYTES = 32 << 20  # memory for one strip of a decimated read
@@ -551,14 +586,12 @@ class _RasterReader(Reader):
             ds.close()
         self._opened = []
 
-    @staticmethod
-    def _env():
+    def _env(self):
         """GDAL decodes the blocks of a read on several threads: TCMOA_IO_THREADS (default all
-        cores; set it lower where several workers share a machine). Entered per call, not for the
-        reader's life: readers stay open in a cache, and GDAL environments must nest."""
-        import rasterio
-
-        return rasterio.Env(GDAL_NUM_THREADS=os.environ.get("TCMOA_IO_THREADS", "ALL_CPUS"))
+        cores; set it lower where several workers share a machine); URLs get the remote-read
+        options (pipeline.urls). Entered per call, not for the reader's life: readers stay open
+        in a cache, and GDAL environments must nest."""
+        return urls.gdal_env(self.ref.files, GDAL_NUM_THREADS=os.environ.get("TCMOA_IO_THREADS", "ALL_CPUS"))
 
     def _read(self, window, out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.enums import Resampling
@@ -625,18 +658,21 @@ class _RasterReader(Reader):
         return np.concatenate(raws, axis=1), np.concatenate(valids)
 
 
+STACK_BLOCK_BYTES = 8 << 20  # range size when a stack is read from object storage (planes are large)
+
+
 class _StackReader(Reader):
     def __enter__(self) -> "_StackReader":
-        import tifffile
         import zarr
 
         path = self.ref.files[0]
-        series, _ = _stack_layout(pathlib.Path(path))
-        self._tif = tifffile.TiffFile(path)
+        series, _ = _stack_layout(path)
+        self._files = contextlib.ExitStack()
         try:
+            self._tif = self._files.enter_context(_tiff_file(path, block_size=STACK_BLOCK_BYTES))
             self._array = zarr.open(self._tif.series[0].aszarr(), mode="r")
         except Exception as exc:
-            self._tif.close()
+            self.close()
             raise self._fail(exc) from None
         self._axes = series.axes
         shape = dict(zip(series.axes, series.shape))
@@ -646,9 +682,9 @@ class _StackReader(Reader):
         return self
 
     def close(self) -> None:
-        if getattr(self, "_tif", None) is not None:
-            self._tif.close()
-            self._tif = None
+        if getattr(self, "_files", None) is not None:
+            self._files.close()
+            self._files = self._tif = None
 
     def read(self, y0: int, y1: int, x0: int, x1: int, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
         index = []
@@ -686,7 +722,7 @@ class _PhotoReader(Reader):
         super().__init__(ref, grid)
 
     def __enter__(self) -> "_PhotoReader":
-        path = pathlib.Path(self.ref.files[0])
+        path = self.ref.files[0]
         try:
             if _magic(path)[:4] in TIFF_MAGIC:
                 image, alpha = self._decode_tiff(path)
@@ -708,7 +744,7 @@ class _PhotoReader(Reader):
             return image[..., :-1], image[..., -1] > 0
         return image, None
 
-    def _decode_pil(self, path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]:
+    def _decode_pil(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
         from PIL import ImageOps
 
         with _open_photo(str(path)) as im:
@@ -724,10 +760,8 @@ class _PhotoReader(Reader):
             image = image.astype(image.dtype.newbyteorder("="))
         return self._split_alpha(image)
 
-    def _decode_tiff(self, path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
+    def _decode_tiff(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+        with _tiff_file(path, block_size=STACK_BLOCK_BYTES) as tif:
             page = tif.pages[0]
             image = page.asarray()
             orientation = int(page.tags["Orientation"].value) if "Orientation" in page.tags else 1
@@ -735,12 +769,12 @@ class _PhotoReader(Reader):
             image = np.moveaxis(image, 0, -1)  # planar configuration
         return self._split_alpha(_orient(image, orientation))
 
-    def _decode_gdal(self, path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]:
+    def _decode_gdal(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
         import rasterio
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with rasterio.open(path) as ds:
+            with urls.gdal_env([path]), rasterio.open(path) as ds:
                 image = ds.read().transpose(1, 2, 0)
         return self._split_alpha(image)
 

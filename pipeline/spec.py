@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline import urls
+
 TASK_NAMES = ("vif", "mef", "mff")
 NORMALISE_METHODS = ("auto", "dtype", "percentile", "fixed")
 SOURCE_KINDS = ("auto", "raster", "stack", "photo")
@@ -64,15 +66,17 @@ class SourceSpec:
 @dataclass(frozen=True)
 class DiscoverSpec:
     type: str
-    root: pathlib.Path  # glob root; csv/stac: folder relative paths in the file are resolved against
-    file: pathlib.Path | None = None  # csv / stac file
+    root: pathlib.Path | str  # glob root; csv/stac: folder relative paths in the file are resolved against (str: a URL)
+    file: pathlib.Path | str | None = None  # csv / stac file (str: a URL; stac: also a STAC API search URL)
     group_by: tuple[str, ...] | None = None  # glob placeholders identifying an item
     items: tuple[dict, ...] = ()  # list: rows written in the job itself, like the rows of a csv
+    api: str | None = None  # stac: a STAC API's root URL, searched instead of reading a file
+    search: dict = field(default_factory=dict)  # stac api: the search (collections, bbox, datetime, query, filter...)
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    dir: pathlib.Path
+    dir: pathlib.Path | str  # str: a prefix in an object store
     formats: tuple[str, ...] = ("zarr",)
     dtype: str = "auto"  # auto: the reference source's dtype (float32 for other dtypes)
     scale: str = "reference"  # reference: back to the reference's values; full: [0,1] -> dtype range
@@ -122,7 +126,7 @@ class JobSpec:
     collections: tuple[CollectionSpec, ...]
     tiling: TilingSpec
     model: ModelSpec
-    run_dir: pathlib.Path
+    run_dir: pathlib.Path | str  # str: a prefix in an object store (s3://bucket/prefix), pipeline.runstore
     max_pixels: int  # per item: guards against headers claiming enormous images
     path: pathlib.Path | None  # the job file
     document: dict = field(default_factory=dict, compare=False)  # the parsed YAML, for the record
@@ -225,10 +229,10 @@ class _Fields:
             self.fail(f"unknown field{hint}", str(key))
 
 
-def _path(base: pathlib.Path, value: str) -> pathlib.Path:
-    path = pathlib.Path(value).expanduser()
-    # resolved, so printed paths and the manifest read runs/x, not jobs/../runs/x
-    return (path if path.is_absolute() else base / path).resolve()
+def _path(base: pathlib.Path, value: str) -> pathlib.Path | str:
+    """A local path made absolute against `base` and resolved (so printed paths and the manifest
+    read runs/x, not jobs/../runs/x); a URL (s3://, https://...) kept as written (pipeline.urls)."""
+    return urls.location(base, value)
 
 
 def _task(value: Any, where: str, problems: list[str]) -> Any:
@@ -311,7 +315,16 @@ def _discover(data: Any, where: str, base: pathlib.Path, problems: list[str]) ->
     f = _Fields(data, where, problems)
     kind = f.choice("type", DISCOVERY_TYPES, "glob")
     root = _path(base, f.str("root", "."))
-    file_value = f.str("file", required=kind in ("csv", "stac"))
+    api = f.str("api")
+    search = f.raw("search", {}) or {}
+    file_value = f.str("file", required=kind == "csv" or (kind == "stac" and not api))
+    if api and (kind != "stac" or not urls.is_url(api)):
+        f.fail("a STAC API search needs type: stac and the API's http(s) URL", "api")
+    if file_value and api:
+        f.fail("give either a STAC file or an API to search, not both", "api")
+    if not isinstance(search, Mapping) or (search and not api):
+        f.fail("a mapping of STAC API search parameters (collections, bbox, datetime, query...) with api:", "search")
+        search = {}
     group_by = f.list("group_by")
     rows = f.list("items", [])
     if kind == "list" and (not rows or not all(isinstance(r, Mapping) for r in rows)):
@@ -324,6 +337,8 @@ def _discover(data: Any, where: str, base: pathlib.Path, problems: list[str]) ->
         file=_path(base, file_value) if file_value else None,
         group_by=tuple(str(g) for g in group_by) if group_by else None,
         items=tuple({str(k): "" if v is None else str(v) for k, v in r.items()} for r in rows),
+        api=api,
+        search=dict(search),
     )
 
 
@@ -410,7 +425,7 @@ def parse_job(
     if not isinstance(output_defaults, Mapping):
         top.fail("expected a mapping", "output")
         output_defaults = {}
-    default_dir = run_dir / "outputs"
+    default_dir = urls.join(run_dir, "outputs")
 
     collections: list[CollectionSpec] = []
     if top.has("collections"):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import crs_forms
+from pipeline import crs_forms, urls
 from pipeline.acquisition import acquisition_range
 
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -110,6 +110,7 @@ def acquisition_properties(sources) -> tuple[dict, dt.datetime | None]:
     origin = "source metadata"
     if start is None:
         mtimes = [dt.datetime.fromtimestamp(os.stat(p).st_mtime, dt.timezone.utc) for p, _ in files if os.path.exists(p)]
+        mtimes += [t for p, _ in files if urls.is_url(p) and (t := urls.modified(p)) is not None]
         if not mtimes:
             mtimes = [dt.datetime.now(dt.timezone.utc)]
         start, end, origin = min(mtimes), max(mtimes), "file modification times (the sources record no acquisition time)"
@@ -166,7 +167,7 @@ def stac_item(item, assets: dict[str, dict], properties: dict, stac_path: pathli
         ))
     for ref in item.sources:
         for path in ref.files:
-            stac.add_link(pystac.Link("derived_from", str(pathlib.Path(path).absolute()) if "://" not in path else path,
+            stac.add_link(pystac.Link("derived_from", path if urls.is_url(path) or "://" in path else str(pathlib.Path(path).absolute()),
                                       title=f"source {ref.role}"))
     document = stac.to_dict(include_self_link=False, transform_hrefs=False)
     if single is None:  # pystac drops a null datetime; the core schema needs the key present
@@ -209,18 +210,69 @@ def _atomic_stac_io():
     return AtomicStacIO()
 
 
-def write_run_catalog(run_path: str | pathlib.Path, job_name: str, collections: dict[str, str] | None = None) -> pathlib.Path | None:
+def write_run_catalog(run_path, job_name: str, collections: dict[str, str] | None = None):
     """(Re)write the run's Catalog, one Collection per job collection with a done item, and the
     Items; returns the catalog path (None when no item is done yet). collections: name ->
     description. Documents of items no longer done are removed from the catalog's folder."""
+    from pipeline import runstore
+
+    if runstore.is_remote(run_path):
+        return _write_remote_catalog(runstore.location(run_path), job_name, collections)
+    run_path = pathlib.Path(run_path).absolute()
+    return _write_catalog(run_path, _done_items(run_path), job_name, collections, run_path.name)
+
+
+def _write_remote_catalog(run_path, job_name: str, collections: dict[str, str] | None):
+    """The same catalog for a run directory in an object store: built in a local mirror of the
+    done Items (at their paths relative to the run directory, so every relative href comes out
+    the same), then uploaded document by document (each one PUT); stale documents are deleted."""
+    from pipeline import runstore, urls
+    from pipeline.status import done_outputs
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tcmoa-stac-") as tmp:
+        mirror = pathlib.Path(tmp) / "run"
+        done = []
+        for key, assets in done_outputs(run_path).items():
+            recorded = runstore.relative(assets["stac"]["path"], run_path) if "stac" in assets else None
+            if recorded is None or urls.is_url(recorded) or os.path.isabs(recorded):
+                continue  # outputs outside the run directory are not part of its catalog
+            source = runstore.resolve(recorded, run_path)
+            try:
+                data = source.fs.cat_file(source.key)
+            except FileNotFoundError:
+                continue
+            local = mirror / recorded
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            done.append((key.split("/", 1)[0], local))
+        catalog = _write_catalog(mirror, sorted(done), job_name, collections, run_path.name)
+        if catalog is None:
+            return None
+        written = {catalog, *(mirror / STAC_DIR).rglob("*.json")}
+        for path in sorted(written, key=lambda p: p == catalog):  # the catalog last: it links the others
+            runstore.upload(path, run_path / path.relative_to(mirror).as_posix())
+        uploaded = {path.relative_to(mirror).as_posix() for path in written}
+        stac_root = run_path / STAC_DIR
+        fs = stac_root.fs
+        fs.invalidate_cache()
+        for key in fs.find(stac_root.key):
+            relative = key[len(run_path.key) + 1:]
+            if relative.endswith(".json") and relative not in uploaded:
+                fs.rm_file(key)
+        fs.invalidate_cache()
+    return run_path / CATALOG_FILE
+
+
+def _write_catalog(run_path: pathlib.Path, done: list, job_name: str, collections: dict[str, str] | None,
+                   run_name: str) -> pathlib.Path | None:
     import pystac
 
-    run_path = pathlib.Path(run_path).absolute()
-    done = _done_items(run_path)
     if not done:
         return None
     catalog = pystac.Catalog(id=f"{job_name}-run", title=f"tcmoa run of job {job_name}",
-                             description=f"Outputs of the tcmoa job {job_name!r} in run directory {run_path.name}",
+                             description=f"Outputs of the tcmoa job {job_name!r} in run directory {run_name}",
                              catalog_type=pystac.CatalogType.SELF_CONTAINED)
     catalog.set_self_href(str(run_path / CATALOG_FILE))
     by_collection: dict[str, list] = {}

@@ -36,7 +36,7 @@ def run_status(path: str | pathlib.Path) -> dict:
             state, error = "failed", row["error"]
             failures.append({"item": key, "kind": "plan", "error": row["error"], "traceback": None})
         elif finished:
-            problems = item_output_problems(records[-1], checksum=False)
+            problems = item_output_problems(records[-1], run_dir.path, checksum=False)
             state, error = ("damaged", "; ".join(map(str, problems))) if problems else ("done", None)
             failures += [{"item": key, "kind": "output", "error": str(problem), "traceback": None} for problem in problems]
         elif failed:
@@ -45,7 +45,7 @@ def run_status(path: str | pathlib.Path) -> dict:
         else:
             state, error = "pending", None
         items.append({"item": key, "status": state, "units": len(unit_ids), "units_done": done, "error": error,
-                      "output": row["output"]})
+                      "output": str(run_dir.resolve(row["output"])) if row["output"] else None})
     counts: dict[str, int] = {}
     for item in items:
         counts[item["status"]] = counts.get(item["status"], 0) + 1
@@ -54,9 +54,13 @@ def run_status(path: str | pathlib.Path) -> dict:
 
 def done_outputs(path: str | pathlib.Path) -> dict[str, dict]:
     """'collection/item' -> its recorded assets (format -> {path, format, sha256, ...}) for every item
-    whose outputs are recorded done, in the order they finished."""
+    whose outputs are recorded done, in the order they finished. Paths are given resolved against
+    the run directory (absolute, or URLs), whichever way the manifest recorded them."""
+    run_dir = RunDir(path)
     outputs: dict[str, dict] = {}
-    for (kind, _), record in RunDir(path).latest().items():
+    for (kind, _), record in run_dir.latest().items():
         if kind == "item" and record["status"] == "done":
-            outputs[f"{record['collection']}/{record['item_id']}"] = json.loads(record["info"])["assets"]
+            assets = json.loads(record["info"])["assets"]
+            outputs[f"{record['collection']}/{record['item_id']}"] = {
+                fmt: {**a, "path": str(run_dir.resolve(a["path"]))} for fmt, a in assets.items()}
     return outputs

@@ -35,7 +35,6 @@ import yaml
 from ray.exceptions import AuthenticationError
 
 from pipeline.spec import JobSpec, absolute_paths, load_job
-from pipeline.fsio import atomic_path
 
 SUBMISSIONS_FILE = "submissions.json"
 STAGED_JOB_FILE = "job.yaml"
@@ -161,24 +160,30 @@ def submission_id(job_name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the run directory's record
-def record_submission(run_dir: pathlib.Path, record: dict) -> pathlib.Path:
-    """Append one submission to run_dir/submissions.json (replaced atomically)."""
-    path = run_dir / SUBMISSIONS_FILE
-    run_dir.mkdir(parents=True, exist_ok=True)
+def record_submission(run_dir, record: dict):
+    """Append one submission to run_dir/submissions.json (replaced atomically: a rename on disk,
+    one PUT in an object store)."""
+    from pipeline.manifest import RunDir
+
+    where = RunDir(run_dir)
+    if not where.remote:
+        where.path.mkdir(parents=True, exist_ok=True)
     history = submissions(run_dir)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"submissions": [*history, record]}, indent=2) + "\n")
-    return path
+    where.write_text(SUBMISSIONS_FILE, json.dumps({"submissions": [*history, record]}, indent=2) + "\n")
+    return where.path / SUBMISSIONS_FILE
 
 
-def submissions(run_dir: pathlib.Path) -> list[dict]:
-    path = run_dir / SUBMISSIONS_FILE
-    if not path.exists():
+def submissions(run_dir) -> list[dict]:
+    from pipeline.manifest import RunDir
+
+    where = RunDir(run_dir)
+    text = where.read_text(SUBMISSIONS_FILE)
+    if text is None:
         return []
     try:
-        return list(json.loads(path.read_text())["submissions"])
+        return list(json.loads(text)["submissions"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise SubmissionError(f"{path}: not a submissions record ({exc})") from None
+        raise SubmissionError(f"{where.path / SUBMISSIONS_FILE}: not a submissions record ({exc})") from None
 
 
 def submission_record(job_id: str, address: str, job: JobSpec, job_file: pathlib.Path, command: str) -> dict:
@@ -201,8 +206,10 @@ class JobRef:
 
 def resolve_job(job_or_run_dir: str, address: str | None) -> JobRef:
     """A job id as given, or a run directory's latest submission (its address unless one is given)."""
-    path = pathlib.Path(job_or_run_dir)
-    if path.is_dir():
+    from pipeline import runstore
+
+    path = runstore.location(job_or_run_dir)
+    if runstore.is_remote(path) or path.is_dir():
         history = submissions(path)
         if not history:
             raise SubmissionError(f"{path}: no {SUBMISSIONS_FILE} (nothing was submitted with this run directory)")

@@ -220,9 +220,9 @@ def fuse_block(unit: Unit, item: ItemPlan, stretches: list[Stretch], inputs: Inp
 
 
 # ----------------------------------------------------------------------------- write
-def write_block(store: pathlib.Path, unit: Unit, block: FusedBlock) -> str:
+def write_block(store: pathlib.Path, unit: Unit, block: FusedBlock, zarr_format: int | None = None) -> str:
     """Write the block into the item's store; the checksum is of the block read back."""
-    return writers.write_block(store, unit.block, block.fused, block.prompts)
+    return writers.write_block(store, unit.block, block.fused, block.prompts, zarr_format)
 
 
 def process_unit(unit: Unit, item: ItemPlan, stretches: list[Stretch], store: pathlib.Path, fuser: Fuser,
@@ -233,5 +233,5 @@ def process_unit(unit: Unit, item: ItemPlan, stretches: list[Stretch], store: pa
         inputs = read_inputs(unit, item, stretches, readers)
         block = fuse_block(unit, item, stretches, inputs, fuser)
         start = time.perf_counter()
-        checksum = write_block(store, unit, block)
+        checksum = write_block(store, unit, block, item.zarr_format)
     return {"checksum": checksum, "timings": {**inputs.timings, **block.timings, "write_s": time.perf_counter() - start}}

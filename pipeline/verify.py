@@ -10,7 +10,7 @@ import json
 import pathlib
 from dataclasses import dataclass
 
-from pipeline import fsio
+from pipeline import runstore
 from pipeline.errors import one_line
 
 
@@ -27,35 +27,37 @@ class Problem:
         return {"item": self.item, "path": self.path, "reason": self.reason}
 
 
-def asset_problem(asset: dict, *, checksum: bool = True, item: str = "") -> Problem | None:
-    """Compare one recorded output ({'path', 'sha256', 'size'?}) with the disk."""
-    path = pathlib.Path(asset["path"])
-    if not path.exists():
-        return Problem(str(path), "missing (recorded done)", item)
+def asset_problem(asset: dict, run_dir, *, checksum: bool = True, item: str = "") -> Problem | None:
+    """Compare one recorded output ({'path', 'sha256', 'size'?}; the path relative to the run
+    directory, or absolute in older runs) with the disk or the object store (objects read back:
+    an ETag is not a sha256)."""
+    path = runstore.resolve(asset["path"], run_dir)
     try:
-        size = fsio.output_size(path)
+        size = runstore.output_size(path)  # FileNotFoundError: missing
         if asset.get("size") is not None and size != asset["size"]:
             return Problem(str(path), f"{size} bytes, {asset['size']} recorded", item)
-        if checksum and fsio.sha256_output(path) != asset["sha256"]:
+        if checksum and runstore.sha256_output(path) != asset["sha256"]:
             return Problem(str(path), "content differs from the recorded sha256", item)
+    except FileNotFoundError:
+        return Problem(str(path), "missing (recorded done)", item)
     except OSError as exc:
         return Problem(str(path), f"unreadable ({exc.strerror or exc})", item)
     return None
 
 
-def item_output_problems(record: dict, *, checksum: bool = True) -> list[Problem]:
+def item_output_problems(record: dict, run_dir, *, checksum: bool = True) -> list[Problem]:
     """Problems with the outputs an item's done record lists (an empty list: all as recorded)."""
     item = f"{record['collection']}/{record['item_id']}"
     assets = json.loads(record["info"])["assets"]
-    return [p for a in assets.values() if (p := asset_problem(a, checksum=checksum, item=item))]
+    return [p for a in assets.values() if (p := asset_problem(a, run_dir, checksum=checksum, item=item))]
 
 
-def block_problem(store: pathlib.Path, block, recorded_checksum: str, *, item: str = "") -> Problem | None:
+def block_problem(store, block, recorded_checksum: str, *, item: str = "") -> Problem | None:
     """Compare a block of an item's work store with the checksum its done record holds."""
     from pipeline.writers import read_block_checksum
 
     where = f"block {block.row},{block.col} (rows {block.y0}-{block.y1}, columns {block.x0}-{block.x1})"
-    if not store.is_dir():
+    if not runstore.is_dir(store):
         return Problem(str(store), f"{where}: work store missing", item)
     try:
         actual = read_block_checksum(store, block)
@@ -66,16 +68,16 @@ def block_problem(store: pathlib.Path, block, recorded_checksum: str, *, item: s
     return None
 
 
-def store_static_digest(store: pathlib.Path) -> str:
+def store_static_digest(store) -> str:
     """sha256 of what no block writes in a work store: group and array metadata, coordinates."""
     from pipeline.writers import FUSED, PROMPTS
 
-    return fsio.sha256_tree(store, exclude=(f"{FUSED}/c/", f"{PROMPTS}/c/"))
+    return runstore.sha256_output(store, exclude=(f"{FUSED}/c/", f"{PROMPTS}/c/"))
 
 
-def store_problem(store: pathlib.Path, recorded_digest: str | None, *, item: str = "") -> Problem | None:
+def store_problem(store, recorded_digest: str | None, *, item: str = "") -> Problem | None:
     """Compare a work store's metadata and coordinates with the digest its prepare record holds."""
-    if not store.is_dir():
+    if not runstore.is_dir(store):
         return Problem(str(store), "work store missing", item)
     if recorded_digest is None:
         return Problem(str(store), "no checksum of the store's metadata recorded", item)
@@ -104,7 +106,7 @@ def verify_run(path: str | pathlib.Path) -> dict:
     for (kind, rid), record in latest.items():
         if kind == "item" and record["status"] == "done" and rid in finished:
             outputs += len(json.loads(record["info"])["assets"])
-            problems += item_output_problems(record)
+            problems += item_output_problems(record, run_dir.path)
     plan = run_dir.read_table("plan.parquet")
     stores_checked: set[str] = set()
     for row in plan.to_pylist() if plan is not None else []:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.fsio import atomic_path, fsync_files, remove, temporary_sibling
-from pipeline import crs_forms
+from pipeline import crs_forms, runstore
 from pipeline.errors import one_line
 from pipeline.sources import Grid
 from pipeline.tiling import Block
@@ -65,6 +65,7 @@ def create_store(
     import zarr
 
     fill = nodata if nodata is not None else 0
+    path = runstore.zarr_store(path)  # a folder, or zarr's FsspecStore for a prefix in an object store
     group = zarr.open_group(path, mode="w", zarr_format=zarr_format,
                             attributes=json_safe({**attributes, **_geo_attributes(grid)}))
 
@@ -134,21 +135,25 @@ def block_chunk_files(path: pathlib.Path, block: Block, arrays: tuple[str, ...])
     return files
 
 
-def read_block_checksum(path: pathlib.Path, block: Block) -> str:
-    """The checksum of what the store holds for `block` now (as `write_block` recorded it)."""
+def read_block_checksum(path: pathlib.Path, block: Block, zarr_format: int | None = None) -> str:
+    """The checksum of what the store holds for `block` now (as `write_block` recorded it).
+    `zarr_format`, where known, spares zarr probing for the other format's metadata (requests,
+    in an object store)."""
     import zarr
 
-    group = zarr.open_group(path, mode="r")
+    group = zarr.open_group(runstore.zarr_store(path, read_only=True), mode="r", zarr_format=zarr_format)
     region = (slice(None), slice(block.y0, block.y1), slice(block.x0, block.x1))
     return block_checksum(group[FUSED][region], group[PROMPTS][region] if PROMPTS in group else None)
 
 
-def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np.ndarray | None) -> str:
+def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np.ndarray | None,
+                zarr_format: int | None = None) -> str:
     """Write one unit's block, read it back and fsync its chunks: the checksum is of what the
-    store durably holds, so a block recorded done survives a crash of the machine."""
+    store durably holds, so a block recorded done survives a crash of the machine. (In an object
+    store each chunk is one PUT, durable once answered, and the block is read back from the store.)"""
     import zarr
 
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(runstore.zarr_store(path), mode="r+", zarr_format=zarr_format)
     region = (slice(None), slice(block.y0, block.y1), slice(block.x0, block.x1))
     group[FUSED][region] = fused
     if prompts is not None:
@@ -159,14 +164,15 @@ def write_block(path: pathlib.Path, block: Block, fused: np.ndarray, prompts: np
         prompts is not None and not np.array_equal(back_prompts, prompts, equal_nan=True)
     ):
         raise OSError(f"{path}: block {block.row},{block.col} reads back different from what was written")
-    fsync_files(block_chunk_files(path, block, (FUSED, PROMPTS) if prompts is not None else (FUSED,)))
+    if not runstore.is_remote(path):
+        fsync_files(block_chunk_files(path, block, (FUSED, PROMPTS) if prompts is not None else (FUSED,)))
     return block_checksum(back, back_prompts)
 
 
 # ----------------------------------------------------------------------------- file exports
 def _gtiff_from_store(
     store: pathlib.Path, array: str, dst: pathlib.Path, *, grid: Grid, nodata: float | None, band_names: list[str],
-    tags: dict, blocksize: int, compress: str, rows: int,
+    tags: dict, blocksize: int, compress: str, rows: int, zarr_format: int | None = None,
 ) -> None:
     """Copy one store array into a tiled GeoTIFF, a band of rows at a time (bounded memory)."""
     import rasterio
@@ -174,7 +180,7 @@ def _gtiff_from_store(
     from rasterio.transform import Affine
     from rasterio.windows import Window
 
-    data = zarr.open_group(store, mode="r")[array]
+    data = zarr.open_group(runstore.zarr_store(store, read_only=True), mode="r", zarr_format=zarr_format)[array]
     channels = data.shape[0]
     profile = {
         "driver": "GTiff", "width": grid.width, "height": grid.height, "count": channels, "dtype": data.dtype.name,
@@ -220,7 +226,7 @@ def _build_overviews(path: pathlib.Path, blocksize: int) -> None:
 
 def export_files(
     store: pathlib.Path, targets: dict[str, pathlib.Path], *, array: str, grid: Grid, nodata: float | None,
-    band_names: list[str], tags: dict, blocksize: int, compress: str, rows: int,
+    band_names: list[str], tags: dict, blocksize: int, compress: str, rows: int, zarr_format: int | None = None,
 ) -> dict[str, pathlib.Path]:
     """Write the requested files (cog, tiff, png) of one store array, each atomically."""
     import rasterio
@@ -236,7 +242,7 @@ def export_files(
         try:
             # the intermediate is read right away and deleted: compressing it would only cost time
             _gtiff_from_store(store, array, intermediate, grid=grid, nodata=nodata, band_names=band_names, tags=tags,
-                              blocksize=blocksize, compress="none", rows=rows)
+                              blocksize=blocksize, compress="none", rows=rows, zarr_format=zarr_format)
             if "cog" in targets:
                 _build_overviews(intermediate, blocksize)
             for fmt, dst in targets.items():

@@ -28,9 +28,17 @@ def shared_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One small local Ray instance for the whole session, isolated from any other cluster."""
+def ray_cluster(request):
+    """One small local Ray instance for the whole session, isolated from any other cluster. It
+    starts after the session's S3 server (where moto is installed), so its workers inherit the
+    server's endpoint and dummy credentials, as workers on a cluster have the object store's."""
     ray = pytest.importorskip("ray")
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        request.getfixturevalue("s3_server")
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_AUTH_MODE"] = "disabled"  # tests only: lets `ray start --address` join without a token

@@ -234,3 +234,37 @@ def write_fast_demo_job(jobs_dir: pathlib.Path, name: str = "demo", **overrides:
     path = jobs_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+STAND_IN_CLI = """
+import os, signal, sys
+import pipeline.runners.local as local
+from pipeline.cli import main
+from pipeline_support import ContextFuser
+
+class Fuser(ContextFuser):
+    calls = 0
+    def fuse_batch(self, a, b, task="vif", *, return_prompts=False):
+        Fuser.calls += 1
+        if Fuser.calls == int(sys.argv[3]):
+            os.kill(os.getpid(), getattr(signal, sys.argv[4]))
+        return super().fuse_batch(a, b, task, return_prompts=return_prompts)
+
+run_job = local.run_job
+local.run_job = lambda job, fuser=None, **kwargs: run_job(job, fuser=Fuser(), **kwargs)
+main([sys.argv[1], sys.argv[2], "--local", "--quiet"], prog_name="tcmoa")
+"""
+
+
+def tcmoa_stand_in(command: str, target, call: int = 0, signal_name: str = "SIGKILL", env: dict | None = None):
+    """`tcmoa COMMAND TARGET --local --quiet` (run JOB_FILE, resume RUN_DIR) in a subprocess with
+    the ContextFuser stand-in, which sends itself `signal_name` in its `call`-th model call (0:
+    never). Returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    return subprocess.run([sys.executable, "-c", STAND_IN_CLI, command, str(target), str(call), signal_name],
+                          capture_output=True, text=True, env=env, timeout=300)

@@ -11,9 +11,6 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import tracemalloc
 import unicodedata
 import zlib
@@ -31,7 +28,7 @@ from pipeline.runners.local import run_job
 from pipeline.manifest import RunDir
 from pipeline.spec import parse_job
 from pipeline.status import run_status
-from pipeline_support import ContextFuser, SourceAFuser, output_files, pair_job, plan_with, write_pair_archive
+from pipeline_support import ContextFuser, SourceAFuser, output_files, pair_job, plan_with, tcmoa_stand_in, write_pair_archive
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -360,30 +357,8 @@ def test_case7_max_pixels_is_checked_from_headers_before_decoding(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 8. kills and SIGTERM
-SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    import pipeline.runners.local as local
-    from pipeline.cli import main
-    from pipeline_support import ContextFuser
-
-    class Fuser(ContextFuser):
-        calls = 0
-        def fuse_batch(self, a, b, task="vif", *, return_prompts=False):
-            Fuser.calls += 1
-            if Fuser.calls == int(sys.argv[2]):
-                os.kill(os.getpid(), getattr(signal, sys.argv[3]))
-            return super().fuse_batch(a, b, task, return_prompts=return_prompts)
-
-    run_job = local.run_job
-    local.run_job = lambda job, fuser=None, **kwargs: run_job(job, fuser=Fuser(), **kwargs)
-    main(["run", sys.argv[1], "--local", "--quiet"], prog_name="tcmoa")
-""")
-
-
 def _run_and_signal(tmp_path: pathlib.Path, job_file: pathlib.Path, call: int, signal_name: str):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(job_file), str(call), signal_name],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return tcmoa_stand_in("run", job_file, call, signal_name)
 
 
 def _done_units(run: pathlib.Path) -> int:

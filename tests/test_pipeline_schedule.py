@@ -109,11 +109,11 @@ def test_a_full_disk_leaves_no_corrupt_output_and_a_manifest_that_agrees(tmp_pat
     if stage == "block":
         real = writers.write_block
 
-        def full(path, block, fused, prompts):
+        def full(path, block, fused, prompts, *rest):
             calls["n"] += 1
             if calls["n"] == 6:  # the second block of the second item
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
-            return real(path, block, fused, prompts)
+            return real(path, block, fused, prompts, *rest)
 
         monkeypatch.setattr(writers, "write_block", full)
     else:

@@ -156,26 +156,54 @@ def run(job_file: pathlib.Path, dry_run: bool, estimate: bool, resume: bool, loc
          source=_job_source(job_file, yaml.safe_load(job_file.read_text())))
 
 
+class RunDirParam(click.ParamType):
+    """A run directory: a local folder (that must exist where `exists`) or an object-store URL
+    (s3://bucket/prefix), kept as a URL (pathlib would fold its '//')."""
+
+    name = "run_dir"
+
+    def __init__(self, exists: bool = False):
+        self.exists = exists
+
+    def convert(self, value, param, ctx):
+        from pipeline import runstore
+
+        where = runstore.location(value)
+        if isinstance(where, pathlib.Path):
+            if where.exists() and not where.is_dir():
+                self.fail(f"{where}: a file, not a run directory", param, ctx)
+            if self.exists and not where.is_dir():
+                self.fail(f"{where}: no such directory", param, ctx)
+        return where
+
+
 @click.command("resume")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path))
+@click.argument("run_dir", type=RunDirParam(exists=True))
 @_runner_options
 @_output_mode
 @_errors_as_exit_codes
 def resume(run_dir: pathlib.Path, local: bool, workers: int | None, address: str | None, retry_failed: bool,
            only: str, mode: str | None, show_traceback: bool) -> None:
     """Finish the job of RUN_DIR: redo only what is not verified done (after a crash, a stop, a lost driver)."""
+    from pipeline import runstore
+    from pipeline.manifest import RunDir
     from pipeline.runners.session import JOB_SOURCE
     from pipeline.spec import SpecError, parse_job
 
     try:
-        source = json.loads((run_dir / JOB_SOURCE).read_text())
+        text = RunDir(run_dir).read_text(JOB_SOURCE)
+        if text is None:
+            raise FileNotFoundError("no such file")
+        source = json.loads(text)
     except (OSError, ValueError) as exc:
         _fail(f"{run_dir}: no job to resume here ({JOB_SOURCE}: {exc})")
     try:
         job = parse_job(source["document"], base=pathlib.Path(source["base"]))
     except SpecError as exc:
         _fail(str(exc))
-    if job.run_dir.resolve() != run_dir.resolve():
+    recorded = runstore.location(job.run_dir)
+    if type(recorded) is not type(run_dir) or (
+            recorded.resolve() != run_dir.resolve() if isinstance(run_dir, pathlib.Path) else str(recorded) != str(run_dir)):
         _fail(f"{run_dir}: its job writes to {job.run_dir}, not here (moved run directory?)")
     _run(job, local=local, workers=workers, address=address, retry_failed=retry_failed, only=only, mode=mode, source=source)
 
@@ -218,7 +246,7 @@ def _dry_run(job, mode: str | None, estimate: bool) -> None:
 
 
 @click.command("status")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.argument("run_dir", type=RunDirParam())
 @_output_mode
 @_errors_as_exit_codes
 def status(run_dir: pathlib.Path, show_traceback: bool, mode: str | None) -> None:
@@ -250,7 +278,7 @@ def status(run_dir: pathlib.Path, show_traceback: bool, mode: str | None) -> Non
 
 
 @click.command("verify")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.argument("run_dir", type=RunDirParam())
 @_output_mode
 @_errors_as_exit_codes
 def verify(run_dir: pathlib.Path, mode: str | None, show_traceback: bool) -> None:
@@ -291,6 +319,13 @@ def parse_task(text: str) -> Any:
 SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"}
 
 
+def _absolute_input(source: str) -> str:
+    """A source as the job records it: a URL as given (s3://, https://...), a local path made absolute."""
+    from pipeline import urls
+
+    return source if urls.is_url(source) else str(pathlib.Path(source).absolute())
+
+
 @click.command("fuse")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path),
@@ -315,7 +350,8 @@ SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"
 def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, reconstruction: str,
          tile: int, overlap: int, normalise: str, prompts: bool, run_dir: pathlib.Path | None, overwrite: bool,
          mode: str | None, show_traceback: bool) -> None:
-    """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file."""
+    """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file.
+    A source may be a URL (s3://, gs://, az://, https://)."""
     from pipeline.output_safety import input_collisions
     from pipeline.spec import parse_job
 
@@ -329,7 +365,7 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
     document = {
         "name": "fuse",
         "task": parse_task(task),
-        "discover": {"type": "list", "items": [{"item": output.stem, **dict(zip(roles, map(str, map(pathlib.Path.absolute, map(pathlib.Path, sources)))))}]},
+        "discover": {"type": "list", "items": [{"item": output.stem, **dict(zip(roles, map(_absolute_input, sources)))}]},
         "sources": [{"role": r, "normalise": normalise} for r in roles],
         "reference": roles[0],
         "tiling": {"tile": tile, "overlap": overlap},

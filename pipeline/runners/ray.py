@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from pipeline import runstore
 from pipeline.items import export_item, prepare_item, store_path, stretches_from_json
 from pipeline.manifest import now
 from pipeline.plan import ItemPlan, RunInfo, Unit
@@ -81,11 +82,11 @@ def _remote_functions() -> dict:
 
     @ray.remote(num_cpus=0, max_retries=RETRIES)
     def prepare_task(run: RunInfo, item: ItemPlan, work_dir: str) -> str:
-        return prepare_item(run, item, pathlib.Path(work_dir))
+        return prepare_item(run, item, work_dir)  # a folder, or a URL (pipeline.runstore)
 
     @ray.remote(num_cpus=0, max_retries=RETRIES)
     def export_task(run: RunInfo, item: ItemPlan, work_dir: str, radiometry: str, owned: set[str]) -> dict:
-        return export_item(run, item, pathlib.Path(work_dir), stretches_from_json(radiometry), owned)
+        return export_item(run, item, work_dir, stretches_from_json(radiometry), owned)
 
     return {"placement": resolve_placement, "prepare": prepare_task, "export": export_task,
             "worker": ray.remote(FusionWorker)}
@@ -146,7 +147,7 @@ class FusionWorker:
         with self._stage("write"):  # blending is CPU work: off the model's stage
             block = blend_tiles(unit, item, stretches, inputs, tiles)
             write_start = time.perf_counter()
-            checksum = write_block(pathlib.Path(store), unit, block)
+            checksum = write_block(runstore.location(store), unit, block, item.zarr_format)
             write_s = time.perf_counter() - write_start
         self.last_end = max(self.last_end, time.perf_counter())
         self.units += 1

@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import pathlib
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from pipeline import output_safety, verify
+from pipeline import output_safety, runstore, verify
 from pipeline.errors import stop_on_signals
 from pipeline.items import check_item_outputs, interrupted_temporaries, output_paths, place_store, store_matches, store_path
 from pipeline.manifest import RunDir, canonical_json, now
@@ -29,7 +27,6 @@ from pipeline.spec import JobSpec
 from pipeline.stac import write_run_catalog
 from pipeline.tables import ITEMS_SCHEMA, PLAN_SCHEMA
 from tcmoa.interface import ModelInfo, Placement
-from pipeline.fsio import atomic_path
 
 JOB_SOURCE = "job-source.json"  # the job document and the folder its relative paths start from
 
@@ -68,7 +65,8 @@ def write_plan_tables(run_dir: RunDir, plan: Plan) -> None:
     run_dir.write_table("items.parquet", [
         {"item": i.key, "collection": i.collection, "item_id": i.item_id, "status": "planned", "error": None,
          "width": i.grid.width, "height": i.grid.height, "crs": i.grid.crs, "sources": canonical_json([source_identity(s) for s in i.sources]),
-         "units": len(plan.units[i.key]), "prepare_id": i.prepare_id, "finalize_id": i.finalize_id, "output": i.output_base,
+         "units": len(plan.units[i.key]), "prepare_id": i.prepare_id, "finalize_id": i.finalize_id,
+         "output": run_dir.relative(i.output_base),
          "sources_id": i.sources_id, "infos": infos_to_json(i.infos)}
         for i in plan.items
     ] + [
@@ -103,9 +101,9 @@ def observe(plan: Plan, latest: dict, run_dir: RunDir, owned: set[str]) -> tuple
         finished = latest.get(("item", item.finalize_id))
         if finished and finished["status"] == "done":
             store = store_path(run_dir.work_dir, item)
-            if store.is_dir() and store_matches(store, item.prepare_id):  # recorded done, store not yet moved
+            if runstore.is_dir(store) and store_matches(store, item.prepare_id):  # recorded done, store not yet moved
                 place_store(run_dir.work_dir, item)
-            found = verify.item_output_problems(finished)
+            found = verify.item_output_problems(finished, run_dir.path)
             if not found:
                 verified.add(item.finalize_id)
                 continue
@@ -146,7 +144,7 @@ class Session:
         self.report = report or (lambda message: None)
         self.progress = progress
         self.work: Work | None = None
-        self.parts: list[pathlib.Path] = []  # status parts appended since the last merge
+        self.parts: list[str] = []  # status parts appended since the last merge
         self.merge_every = 64
         self.owned: set[str] = set()  # output paths this run directory created (they may be replaced)
         self.bar = None
@@ -158,14 +156,14 @@ class Session:
         from tqdm.auto import tqdm
 
         with self.run_dir, stop_on_signals():
-            self.run_dir.claim(self.plan.fingerprint, self.plan.canonical_job, self.job.name)
+            self.run_dir.claim(self.plan.fingerprint, self.plan.canonical_job, self.job.name,
+                               also=(self.plan.legacy_fingerprint,) if self.plan.legacy_fingerprint else ())
             if self.source is not None:  # what `tcmoa resume RUN_DIR` runs again
-                with atomic_path(self.run_dir.path / JOB_SOURCE) as tmp:
-                    tmp.write_text(json.dumps(self.source, indent=2, default=str))
+                self.run_dir.write_text(JOB_SOURCE, json.dumps(self.source, indent=2, default=str))
             latest = self.run_dir.latest()
             write_plan_tables(self.run_dir, self.plan)
             self.summary.temporaries_removed = len(interrupted_temporaries(self.plan.items, self.work_dir))
-            self.owned = output_safety.owned_paths(latest)
+            self.owned = output_safety.owned_paths(latest, self.run_dir.path)
             observed, problems = observe(self.plan, latest, self.run_dir, self.owned)
             for problem in problems:
                 self.summary.redone.append(problem.to_dict())
@@ -195,6 +193,7 @@ class Session:
             # The run's STAC catalog, for both runners, once the records are final.
             write_run_catalog(self.run_dir.path, self.job.name,
                               {c.name: f"{c.name}: {json.dumps(c.task)} fusion" for c in self.job.collections})
+
         self.summary.seconds = time.perf_counter() - self.start
         self.summary.items_failed = len({(f["collection"], f["item_id"]) for f in self.summary.failures})
 
@@ -246,14 +245,15 @@ class Session:
     def claim_outputs(self, item: ItemPlan) -> set[str]:
         """Record the item's output paths before its export renames the first: after a kill
         mid-export they are still the run's own. Returns the paths the export may replace."""
-        claimed = [str(p) for p in output_paths(item).values()]
+        claimed = [runstore.normalise(p) for p in output_paths(item).values()]
         self.add(self.record(output_safety.CLAIM, item.finalize_id, item, "claimed", now(),
-                             info=canonical_json({"paths": claimed})))
-        return self.owned | {os.path.abspath(p) for p in claimed}
+                             info=canonical_json({"paths": [self.run_dir.relative(p) for p in claimed]})))
+        return self.owned | set(claimed)
 
     def exported(self, item: ItemPlan, assets: dict, started) -> None:
         """The item's files are written: record it done, then put its store in place (a driver
         lost in between leaves the store in work/: the next run finishes the move, `observe`)."""
+        assets = {fmt: {**a, "path": self.run_dir.relative(a["path"])} for fmt, a in assets.items()}
         self.add(self.record("item", item.finalize_id, item, "done", started, checksum=assets["stac"]["sha256"],
                              info=canonical_json({"assets": assets})))
         try:
@@ -261,7 +261,7 @@ class Session:
         except OSError as exc:
             return self.export_failed(item, exc, started)
         self.summary.items_done += 1
-        self.summary.outputs[item.key] = {fmt: a["path"] for fmt, a in assets.items()}
+        self.summary.outputs[item.key] = {fmt: str(self.run_dir.resolve(a["path"])) for fmt, a in assets.items()}
 
     def export_failed(self, item: ItemPlan, exc: BaseException | dict, started) -> None:
         fields = exc if isinstance(exc, dict) else failure_fields(exc)
