@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-FILE_FORMATS = ("cog", "tiff", "png")
+FILE_FORMATS = ("cog", "tiff", "png", "ome-tiff")
 
 
 @dataclass
@@ -56,6 +56,22 @@ def _open_file(path: pathlib.Path, name: str, dim: str):
     return array.rename({"band": dim}).rename(name) if dim != "band" else array.rename(name)
 
 
+def _open_ome_zarr(path: pathlib.Path):
+    """Level 0 of an OME-Zarr image (read into memory: xarray's Zarr reader cannot open one level
+    of a multiscale group), with the physical y/x coordinates of its pixel centres."""
+    import numpy as np
+    import xarray as xr
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    level = group[group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]]
+    scale = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    _, height, width = level.shape
+    coords = {"y": (np.arange(height) + 0.5) * scale[1], "x": (np.arange(width) + 0.5) * scale[2]}
+    fused = xr.DataArray(level[...], dims=("band", "y", "x"), coords=coords, name="fused")
+    return xr.Dataset({"fused": fused}, attrs=dict(group.attrs["tcmoa"]))
+
+
 def open_item(assets: dict):
     """One item's outputs (its recorded assets) as an xarray Dataset."""
     import xarray as xr
@@ -63,6 +79,8 @@ def open_item(assets: dict):
     if "zarr" in assets:
         return xr.open_zarr(assets["zarr"]["path"])
     fmt = next((f for f in FILE_FORMATS if f in assets), None)
+    if fmt is None and "ome-zarr" in assets:
+        return _open_ome_zarr(pathlib.Path(assets["ome-zarr"]["path"]))
     if fmt is None:
         raise ValueError(f"no raster output among {sorted(assets)}")
     parts = [_open_file(pathlib.Path(assets[fmt]["path"]), "fused", "band")]
