@@ -142,7 +142,8 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
         "TCMOA_JOB": run.job_name, "TCMOA_ITEM": item.key, "TCMOA_TASK": json.dumps(item.task),
         "TCMOA_PROVENANCE": canonical_json(provenance(run, item, stretches)),
     }
-    common = dict(grid=item.grid, blocksize=item.cog_blocksize, compress=item.compress, rows=item.chunk, tags=tags)
+    common = dict(grid=item.grid, blocksize=item.cog_blocksize, compress=item.compress, rows=item.chunk, tags=tags,
+                  creation_options=dict(item.creation_options))
     written: list[pathlib.Path] = []
     assets: dict[str, dict] = {}
     try:

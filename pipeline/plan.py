@@ -60,6 +60,7 @@ class ItemPlan:
     prepare_id: str
     sources_id: str  # hash of the source files' identities (path, size, mtime) and reading options
     zarr_format: int = 3
+    creation_options: tuple[tuple[str, str], ...] = ()  # the user's GDAL options for cog / tiff files
 
     @property
     def key(self) -> str:
@@ -255,7 +256,7 @@ def plan_item(
         formats=out.formats, scale=out.scale, valid_rule=out.valid, prompt_maps=out.prompt_maps,
         window=job.tiling.window, batch_size=job.model.batch_size, chunk=out.chunk,
         cog_blocksize=out.cog_blocksize, compress=out.compress, prepare_id=prepare_id, sources_id=sources_id,
-        zarr_format=out.zarr_format,
+        zarr_format=out.zarr_format, creation_options=out.creation_options,
     )
     return item, recorded is None
 
