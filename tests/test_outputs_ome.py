@@ -174,3 +174,34 @@ def test_prompt_maps_beside_ome_outputs(tmp_path):
     shares = _read(tmp_path / "out" / "p.prompts.tiff")
     assert shares.shape == (3, 40, 50) and np.isfinite(shares).all()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.ome.tif", "p.prompts.tiff", "p.stac.json"]
+
+
+def test_three_channel_float_export_with_zstd(tmp_path):
+    """Float data (NaN nodata) with ZSTD and the floating-point predictor, three channels, in nanometres."""
+    import yaozarrs
+
+    from pipeline import ome
+
+    data = np.random.default_rng(8).random((3, 300, 260), dtype=np.float32)
+    data[:, :10, :10] = np.nan
+    store = zarr.open_group(tmp_path / "work.zarr", mode="w")
+    store.create_array("fused", shape=data.shape, chunks=(3, 64, 64), dtype="float32", fill_value=float("nan"))[:] = data
+    size = ome.PixelSize(y=0.2, x=0.1, unit="nm", origin="OME-XML")
+    ome.export(tmp_path / "work.zarr", {"ome-zarr": tmp_path / "o.ome.zarr", "ome-tiff": tmp_path / "o.ome.tif"},
+               array="fused", name="x", chunk=64, nodata=float("nan"), band_names=["r", "g", "b"], size=size,
+               compress="zstd", attributes={})
+    yaozarrs.validate_zarr_store(str(tmp_path / "o.ome.zarr"))
+    levels = zarr.open_group(tmp_path / "o.ome.zarr", mode="r")
+    axes = levels.attrs["ome"]["multiscales"][0]["axes"]
+    assert [a.get("unit") for a in axes] == [None, "nanometer", "nanometer"]
+    assert np.isnan(levels["1"][:, :5, :5]).all() and not np.isnan(levels["1"][:, 5:, 5:]).any()
+    with tifffile.TiffFile(tmp_path / "o.ome.tif") as tif:
+        series = tif.series[0]
+        assert series.axes == "CYX" and tif.pages[0].predictor == 3 and tif.pages[0].compression == 50000
+        np.testing.assert_array_equal(series.asarray(), data)
+        assert [lvl.shape for lvl in series.levels] == [levels[str(i)].shape for i in range(4)]
+        for i, level in enumerate(series.levels[1:], start=1):
+            np.testing.assert_array_equal(level.asarray(), levels[str(i)][...])
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        assert (pixels["PhysicalSizeX"], pixels["PhysicalSizeY"], pixels["PhysicalSizeXUnit"]) == (0.1, 0.2, "nm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.tif", "o.ome.zarr", "work.zarr"]  # no temporaries left
