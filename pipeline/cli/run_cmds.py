@@ -343,7 +343,7 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
     document = {
         "name": "fuse",
         "task": parse_task(task),
-        "discover": {"type": "list", "items": [{"item": output.stem, **dict(zip(roles, map(str, map(pathlib.Path.absolute, map(pathlib.Path, sources)))))}]},
+        "discover": {"type": "list", "items": [{"item": output.name[:-len(suffix)], **dict(zip(roles, map(str, map(pathlib.Path.absolute, map(pathlib.Path, sources)))))}]},
         "sources": [{"role": r, "normalise": normalise} for r in roles],
         "reference": roles[0],
         "tiling": {"tile": tile, "overlap": overlap},
