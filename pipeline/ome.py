@@ -124,7 +124,7 @@ def halve(block: np.ndarray, nodata: float | None) -> np.ndarray:
     return means.astype(block.dtype)
 
 
-def _multiscale(name: str, channels: int, shapes: list[tuple[int, int]], size: PixelSize | None) -> dict:
+def _multiscale(name: str, shapes: list[tuple[int, int]], size: PixelSize | None) -> dict:
     """The `ome` attribute of an OME-Zarr 0.5 image: axes c, y, x and a scale (and, for the reduced
     levels, the half-pixel shift of averaged 2x2 cells) per level, in physical units when known."""
     unit = {"unit": size.udunits} if size else {}
@@ -150,7 +150,7 @@ def write_pyramid(store: pathlib.Path, array: str, dst: pathlib.Path, *, name: s
     shapes = level_shapes(height, width, chunk)
     physical = ({"origin": size.origin, "y": size.y, "x": size.x, "unit": size.unit} if size else NO_SCALE)
     group = zarr.open_group(dst, mode="w", zarr_format=3, attributes={
-        "ome": _multiscale(name, channels, shapes, size),
+        "ome": _multiscale(name, shapes, size),
         "tcmoa": {**attributes, "band_names": band_names, "nodata": _json_number(nodata), "physical_pixel_size": physical},
     })
     levels = [
@@ -242,8 +242,3 @@ def export(store: pathlib.Path, targets: dict[str, pathlib.Path], *, array: str,
     finally:
         remove(pyramid)  # still there when only the OME-TIFF was asked for, or on failure
     return written
-
-
-def pixel_size_from_dict(data: dict | None) -> PixelSize | None:
-    return PixelSize(**data) if data else None
-

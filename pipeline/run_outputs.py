@@ -58,7 +58,8 @@ def _open_file(path: pathlib.Path, name: str, dim: str):
 
 def _open_ome_zarr(path: pathlib.Path):
     """Level 0 of an OME-Zarr image (read into memory: xarray's Zarr reader cannot open one level
-    of a multiscale group), with the physical y/x coordinates of its pixel centres."""
+    of a multiscale group), with the physical y/x coordinates of its pixels (OME-Zarr puts pixel
+    centres at index x scale)."""
     import numpy as np
     import xarray as xr
     import zarr
@@ -67,7 +68,7 @@ def _open_ome_zarr(path: pathlib.Path):
     level = group[group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]]
     scale = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     _, height, width = level.shape
-    coords = {"y": (np.arange(height) + 0.5) * scale[1], "x": (np.arange(width) + 0.5) * scale[2]}
+    coords = {"y": np.arange(height) * scale[1], "x": np.arange(width) * scale[2]}
     fused = xr.DataArray(level[...], dims=("band", "y", "x"), coords=coords, name="fused")
     return xr.Dataset({"fused": fused}, attrs=dict(group.attrs["tcmoa"]))
 

@@ -205,3 +205,17 @@ def test_three_channel_float_export_with_zstd(tmp_path):
         pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
         assert (pixels["PhysicalSizeX"], pixels["PhysicalSizeY"], pixels["PhysicalSizeXUnit"]) == (0.1, 0.2, "nm")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.tif", "o.ome.zarr", "work.zarr"]  # no temporaries left
+
+
+def test_open_run_gives_an_ome_zarr_only_item_with_physical_coordinates(tmp_path):
+    import tcmoa
+
+    tifffile.imwrite(tmp_path / "c.ome.tif", _stack(np.random.default_rng(9), (2, 30, 40)), ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    summary = run_job(parse_job(_stack_job(tmp_path, "{name}.ome.tif", formats=("ome-zarr",)), base=tmp_path),
+                      fuser=ContextFuser(), progress=False)
+    assert summary.items_done == 1, summary.failures
+    ds = tcmoa.open_run(tmp_path / "run")["c"]
+    np.testing.assert_array_equal(ds.fused.values, zarr.open_array(tmp_path / "out" / "c.ome.zarr" / "0", mode="r")[...])
+    np.testing.assert_allclose(ds.x.values[:3], [0.0, 0.5, 1.0]) and np.testing.assert_allclose(ds.y.values[:2], [0.0, 0.25])
+    assert ds.attrs["physical_pixel_size"]["unit"] == "µm"
