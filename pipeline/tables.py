@@ -31,7 +31,7 @@ ITEMS_SCHEMA = pa.schema([
     _field("output", pa.string(), "output path without suffix (formats add .tif, .zarr, .png, ...)"),
     _field("sources_id", pa.string(), "hash of the source files' identities (path, size, mtime) and reading options: "
            "a later run of the same job reuses the recorded headers of an item whose files are unchanged"),
-    _field("infos", pa.string(), "JSON of the sources' recorded headers (grid, bands, dtype, nodata) in reduction order"),
+    _field("infos", pa.string(), "JSON of the sources' recorded headers (grid, bands, dtype, nodata, a stack's physical pixel size) in reduction order"),
 ])
 
 PLAN_SCHEMA = pa.schema([
