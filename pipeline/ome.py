@@ -6,9 +6,9 @@ either gets no physical scale: its outputs say the scale is in pixels instead of
 
 Both outputs are exported once from the item's finished work store, like the COG: a pyramid of
 levels (each half the size of the one before, pixels averaged, nodata left out) is written level by
-level in row strips, into an OME-Zarr store (zarr format 3, as OME-Zarr 0.5 requires), and the
+level a chunk at a time, into an OME-Zarr store (zarr format 3, as OME-Zarr 0.5 requires), and the
 OME-TIFF is written tile by tile from those levels (the reduced levels as SubIFDs), so memory stays
-bounded by a strip of the image.
+bounded by a few chunks (a row of TIFF tiles of one channel while the OME-TIFF is written).
 """
 from __future__ import annotations
 
@@ -158,12 +158,20 @@ def write_pyramid(store: pathlib.Path, array: str, dst: pathlib.Path, *, name: s
                            dtype=source.dtype, fill_value=nodata if nodata is not None else 0, dimension_names=("c", "y", "x"))
         for i, (h, w) in enumerate(shapes)
     ]
-    for y0 in range(0, height, chunk):  # level 0: a copy, a strip of chunk rows at a time
-        levels[0][:, y0:y0 + chunk, :] = source[:, y0:y0 + chunk, :]
+    # a chunk at a time: level 0 a copy, each next level the 2x2 means of 2x2 chunks of the one
+    # before (only the image's last row / column of chunks can have an odd size)
+    for y0, x0 in _chunk_origins(height, width, chunk):
+        levels[0][:, y0:y0 + chunk, x0:x0 + chunk] = source[:, y0:y0 + chunk, x0:x0 + chunk]
     for previous, level in zip(levels, levels[1:]):
-        for y0 in range(0, level.shape[1], chunk):
-            level[:, y0:y0 + chunk, :] = halve(previous[:, 2 * y0:2 * (y0 + chunk), :], nodata)
+        for y0, x0 in _chunk_origins(level.shape[1], level.shape[2], chunk):
+            level[:, y0:y0 + chunk, x0:x0 + chunk] = halve(previous[:, 2 * y0:2 * (y0 + chunk), 2 * x0:2 * (x0 + chunk)], nodata)
     return shapes
+
+
+def _chunk_origins(height: int, width: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for y0 in range(0, height, chunk):
+        for x0 in range(0, width, chunk):
+            yield y0, x0
 
 
 def _json_number(value: float | None) -> Any:

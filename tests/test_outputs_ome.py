@@ -72,6 +72,11 @@ def test_ome_zarr_passes_the_validator_with_the_physical_scale(ome_run):
         scale = dataset["coordinateTransformations"][0]["scale"]
         np.testing.assert_allclose(scale, [1.0, PHYSICAL_Y * 2**level, PHYSICAL_X * 2**level])
     assert root["attributes"]["tcmoa"]["physical_pixel_size"]["origin"] == "OME-XML"
+    from pipeline.ome import halve
+
+    levels = zarr.open_group(store, mode="r")
+    for level in (1, 2):  # written a chunk at a time, equal to halving the whole level before
+        np.testing.assert_array_equal(levels[str(level)][...], halve(levels[str(level - 1)][...], None))
 
 
 def test_ome_tiff_keeps_the_physical_size_and_the_pixels_of_the_tiff(ome_run):
