@@ -12,14 +12,15 @@ import pathlib
 
 import numpy as np
 
-from pipeline import fsio, output_safety, radiometry, runstore, verify, writers
+from pipeline import fsio, ome, output_safety, radiometry, runstore, verify, writers
 from pipeline.manifest import canonical_json
 from pipeline.stac import stac_item
 from pipeline.plan import ItemPlan, RunInfo
 from pipeline.radiometry import Stretch
 from pipeline.sources import SourceError, open_reader
 
-FILE_SUFFIXES = {"cog": ".tif", "tiff": ".tiff", "png": ".png"}
+FILE_SUFFIXES = {"cog": ".tif", "tiff": ".tiff", "png": ".png"}  # exported through GDAL
+OME_SUFFIXES = {"ome-tiff": ".ome.tif", "ome-zarr": ".ome.zarr"}  # exported by pipeline.ome
 STORE_ID_ATTR = "tcmoa:prepare_id"
 
 
@@ -118,16 +119,17 @@ def prepare_item(run: RunInfo, item: ItemPlan, work_dir) -> str:
 def output_paths(item: ItemPlan) -> dict[str, runstore.Location]:
     base = runstore.location(item.output_base)
     paths = {fmt: base.with_name(base.name + FILE_SUFFIXES[fmt]) for fmt in item.formats if fmt in FILE_SUFFIXES}
+    paths.update({fmt: base.with_name(base.name + OME_SUFFIXES[fmt]) for fmt in item.formats if fmt in OME_SUFFIXES})
     if "zarr" in item.formats:
         paths["zarr"] = base.with_name(base.name + ".zarr")
-    if item.prompt_maps and any(f in FILE_SUFFIXES for f in item.formats):
+    if item.prompt_maps and any(f in FILE_SUFFIXES or f in OME_SUFFIXES for f in item.formats):  # zarr holds its own
         suffix = ".prompts.tif" if "cog" in item.formats else ".prompts.tiff"
         paths["prompts"] = base.with_name(base.name + suffix)
     paths["stac"] = base.with_name(base.name + ".stac.json")
     return paths
 
 
-OUTPUT_KINDS = {"zarr": "zarr store"}  # every other output is a file
+OUTPUT_KINDS = {"zarr": "zarr store", "ome-zarr": "zarr store"}  # every other output is a file
 
 
 def check_item_outputs(run: RunInfo, item: ItemPlan, owned: set[str]) -> dict[str, runstore.Location]:
@@ -152,7 +154,7 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
         "TCMOA_PROVENANCE": canonical_json(provenance(run, item, stretches)),
     }
     common = dict(grid=item.grid, blocksize=item.cog_blocksize, compress=item.compress, rows=item.chunk, tags=tags,
-                  zarr_format=item.zarr_format)
+                  zarr_format=item.zarr_format, creation_options=dict(item.creation_options))
     uploaded: list = []
     assets: dict[str, dict] = {}
     try:
@@ -165,6 +167,14 @@ def export_item(run: RunInfo, item: ItemPlan, work_dir: pathlib.Path, stretches:
                 if targets:
                     written += writers.export_files(store, targets, array=writers.FUSED, nodata=item.output_nodata,
                                                     band_names=list(item.band_names), **common).values()
+                ome_targets = {fmt: local[fmt] for fmt in item.formats if fmt in OME_SUFFIXES}
+                if ome_targets:
+                    written += ome.export(
+                        store, ome_targets, array=writers.FUSED, name=item.key, chunk=item.chunk,
+                        nodata=item.output_nodata, band_names=list(item.band_names),
+                        size=item.infos[item.reference].pixel_size, compress=item.compress,
+                        attributes={"title": f"{item.key} fused by TC-MoA", "job": run.job_name, "item": item.key},
+                    ).values()
                 if "prompts" in paths:
                     fmt = "cog" if "cog" in item.formats else "tiff"
                     written += writers.export_files(store, {fmt: local["prompts"]}, array=writers.PROMPTS, nodata=float("nan"),

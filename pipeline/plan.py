@@ -24,8 +24,9 @@ from pipeline import output_safety, radiometry, urls
 from pipeline.discover import DiscoveredItem, discover
 from pipeline.errors import JobError
 from pipeline.manifest import canonical_json, digest
+from pipeline.ome import PixelSize
 from pipeline.sources import Grid, SourceError, SourceInfo, SourceRef, check_overlap, expand_sources, inspect
-from pipeline.spec import CollectionSpec, JobSpec, ModelSpec
+from pipeline.spec import OME_FORMATS, CollectionSpec, JobSpec, ModelSpec
 from pipeline.tiling import Block, TileGrid, block_grid, make_grid, tiles_for_block
 from tcmoa.interface import ModelInfo, Placement
 
@@ -59,6 +60,7 @@ class ItemPlan:
     prepare_id: str
     sources_id: str  # hash of the source files' identities (path, size, mtime) and reading options
     zarr_format: int = 3
+    creation_options: tuple[tuple[str, str], ...] = ()  # the user's GDAL options for cog / tiff files
 
     @property
     def key(self) -> str:
@@ -207,6 +209,7 @@ def infos_from_json(text: str) -> tuple[SourceInfo, ...]:
         d = {**d, "transform": tuple(d["transform"]) if d.get("transform") else None, "band_names": tuple(d.get("band_names", ()))}
         if isinstance(d.get("nodata"), str):  # json_safe wrote a non-finite nodata as a string
             d["nodata"] = float(d["nodata"].replace("Infinity", "inf"))
+        d["pixel_size"] = PixelSize(**d["pixel_size"]) if d.get("pixel_size") else None
         return SourceInfo(**d)
 
     return tuple(info(d) for d in json.loads(text))
@@ -254,6 +257,10 @@ def plan_item(
         band_names = tuple(f"fused_{c + 1}" for c in range(out_channels))
     if "png" in out.formats and dtype not in (np.dtype("uint8"), np.dtype("uint16")):
         raise ValueError(f"item {found.item_id}: png output needs output.dtype uint8 or uint16, not {dtype}")
+    ome = [f for f in out.formats if f in OME_FORMATS]
+    if ome and grid.georeferenced:
+        raise ValueError(f"item {found.item_id}: {', '.join(ome)} output is for microscopy images, and this item is "
+                         "georeferenced (OME has no CRS): use zarr or cog")
     base = urls.join(out.dir, out.name.format(item=found.item_id, collection=collection.name))
     tiles = make_grid(grid.height, grid.width, job.tiling.tile, job.tiling.overlap, tile_multiple, job.tiling.border_pad)
     settings = {
@@ -270,7 +277,7 @@ def plan_item(
         formats=out.formats, scale=out.scale, valid_rule=out.valid, prompt_maps=out.prompt_maps,
         window=job.tiling.window, batch_size=job.model.batch_size, chunk=out.chunk,
         cog_blocksize=out.cog_blocksize, compress=out.compress, prepare_id=prepare_id, sources_id=sources_id,
-        zarr_format=out.zarr_format,
+        zarr_format=out.zarr_format, creation_options=out.creation_options,
     )
     return item, recorded is None
 

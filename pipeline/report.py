@@ -171,7 +171,7 @@ def _panels(out_dir: pathlib.Path, key: str, items_row: dict, assets: dict) -> l
                 raw, valid, _ = reader.read_decimated(THUMB)
             return to_display(raw, valid)
         draw(f"source {ref.role}", f"source-{index}", source)  # a stack's roles name their plane: plane[2]
-    fused = next((pathlib.Path(assets[f]["path"]) for f in ("cog", "tiff", "png", "zarr") if f in assets), None)
+    fused = next((pathlib.Path(assets[f]["path"]) for f in ("cog", "tiff", "png", "ome-tiff", "zarr") if f in assets), None)
     if fused is not None:
         draw("fused", "fused", lambda: to_display(*read_output(fused, "fused", THUMB)))
     prompts = pathlib.Path(assets["prompts"]["path"]) if "prompts" in assets else (fused if fused and fused.suffix == ".zarr" else None)

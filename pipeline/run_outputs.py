@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-FILE_FORMATS = ("cog", "tiff", "png")
+FILE_FORMATS = ("cog", "tiff", "png", "ome-tiff")
 
 
 @dataclass
@@ -58,6 +58,23 @@ def _open_file(path, name: str, dim: str):
     return array.rename({"band": dim}).rename(name) if dim != "band" else array.rename(name)
 
 
+def _open_ome_zarr(path: pathlib.Path):
+    """Level 0 of an OME-Zarr image (read into memory: xarray's Zarr reader cannot open one level
+    of a multiscale group), with the physical y/x coordinates of its pixels (OME-Zarr puts pixel
+    centres at index x scale)."""
+    import numpy as np
+    import xarray as xr
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    level = group[group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]]
+    scale = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    _, height, width = level.shape
+    coords = {"y": np.arange(height) * scale[1], "x": np.arange(width) * scale[2]}
+    fused = xr.DataArray(level[...], dims=("band", "y", "x"), coords=coords, name="fused")
+    return xr.Dataset({"fused": fused}, attrs=dict(group.attrs["tcmoa"]))
+
+
 def open_item(assets: dict):
     """One item's outputs (its recorded assets) as an xarray Dataset."""
     import xarray as xr
@@ -67,6 +84,8 @@ def open_item(assets: dict):
     if "zarr" in assets:  # a folder, or zarr's FsspecStore for a store in a bucket
         return xr.open_zarr(runstore.zarr_store(assets["zarr"]["path"], read_only=True))
     fmt = next((f for f in FILE_FORMATS if f in assets), None)
+    if fmt is None and "ome-zarr" in assets:
+        return _open_ome_zarr(pathlib.Path(assets["ome-zarr"]["path"]))
     if fmt is None:
         raise ValueError(f"no raster output among {sorted(assets)}")
     parts = [_open_file(assets[fmt]["path"], "fused", "band")]

@@ -294,9 +294,9 @@ def zarr_store(path, *, read_only: bool = False):
 @contextlib.contextmanager
 def staged(paths: dict[str, Location], uploaded: list | None = None) -> Iterator[dict[str, pathlib.Path]]:
     """Local paths to write the given outputs at: the paths themselves on disk; for objects, the
-    same names in a temporary folder, uploaded when the block ends without error (each upload
-    atomic; `uploaded` gets each object put, for the caller to remove if a later one fails). The
-    temporary folder is removed in every case."""
+    same names in a temporary folder, uploaded when the block ends without error (each file upload
+    atomic, a store's objects with its metadata last; `uploaded` gets each object or prefix put,
+    for the caller to remove if a later one fails). The temporary folder is removed in every case."""
     remote = {k: p for k, p in paths.items() if isinstance(p, ObjectPath)}
     if not remote:
         yield dict(paths)
@@ -307,8 +307,15 @@ def staged(paths: dict[str, Location], uploaded: list | None = None) -> Iterator
         for key, dst in remote.items():
             if local[key].is_file():
                 upload(local[key], dst)
+            elif local[key].is_dir():  # a store (OME-Zarr): its objects, the metadata last
                 if uploaded is not None:
-                    uploaded.append(dst)
+                    uploaded.append(dst)  # listed first: a failure part-way removes what was put
+                copy_tree(local[key], dst)
+                continue
+            else:
+                continue
+            if uploaded is not None:
+                uploaded.append(dst)
 
 
 # ----------------------------------------------------------------------------- run-directory backends

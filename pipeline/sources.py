@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline import urls
 from pipeline.errors import one_line
+from pipeline.ome import PixelSize, pixel_size_of
 from pipeline.spec import NormaliseSpec
 
 PLANE_AXES = "ZITQ"
@@ -88,6 +89,7 @@ class SourceInfo:
     nodata: float | None
     planes: int = 1
     band_names: tuple[str, ...] = ()
+    pixel_size: PixelSize | None = None  # stacks: the microscope's physical pixel size, when the file declares it
 
     @property
     def grid(self) -> Grid:
@@ -195,7 +197,7 @@ def _tiff_series(path: str | pathlib.Path):
                 detail = damage.messages[-1] if damage.messages else "image data past the end of the file"
                 raise SourceError(path, f"truncated or damaged TIFF ({size:,} bytes; {detail})")
             # keep what we need after the file closes
-            return _SeriesShape(series.axes, tuple(series.shape), np.dtype(series.dtype))
+            return _SeriesShape(series.axes, tuple(series.shape), np.dtype(series.dtype), pixel_size_of(tif))
     except SourceError:
         raise
     except Exception as exc:  # tifffile raises many kinds on damaged files
@@ -211,6 +213,7 @@ class _SeriesShape:
     axes: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    pixel_size: PixelSize | None = None
 
 
 def _plane_axis(axes: str) -> int | None:
@@ -331,7 +334,7 @@ def _inspect_stack(ref: SourceRef) -> SourceInfo:
         raise SourceError(path, f"plane {ref.plane} requested but the stack has {planes}")
     return SourceInfo(
         width=shape["X"], height=shape["Y"], channels=len(bands), dtype=str(series.dtype), crs=None, transform=None,
-        nodata=ref.nodata, planes=planes, band_names=tuple(f"c{b}" for b in bands),
+        nodata=ref.nodata, planes=planes, band_names=tuple(f"c{b}" for b in bands), pixel_size=series.pixel_size,
     )
 
 

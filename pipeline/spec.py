@@ -22,7 +22,8 @@ NORMALISE_METHODS = ("auto", "dtype", "percentile", "fixed")
 SOURCE_KINDS = ("auto", "raster", "stack", "photo")
 DISCOVERY_TYPES = ("glob", "csv", "stac", "list")
 WINDOWS = ("hann", "tukey", "flat")
-OUTPUT_FORMATS = ("zarr", "cog", "png", "tiff")
+OUTPUT_FORMATS = ("zarr", "cog", "png", "tiff", "ome-zarr", "ome-tiff")
+OME_FORMATS = ("ome-zarr", "ome-tiff")  # microscopy (not georeferenced) items: OME-Zarr 0.5, OME-TIFF
 OUTPUT_DTYPES = ("auto", "uint8", "uint16", "int16", "float32")
 OUTPUT_SCALES = ("reference", "full")
 VALID_RULES = ("union", "intersection")
@@ -88,6 +89,7 @@ class OutputSpec:
     cog_blocksize: int = 512
     compress: str = "deflate"
     zarr_format: int = 3  # 2: Zarr v2 stores with the attributes GDAL (QGIS) reads, CRS included
+    creation_options: tuple[tuple[str, str], ...] = ()  # GDAL options for the cog / tiff outputs (KEY, VALUE)
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,7 @@ def _output(data: Mapping, where: str, base: pathlib.Path, default_dir: pathlib.
         cog_blocksize=f.int("cog_blocksize", 512, minimum=16),
         compress=f.choice("compress", ("deflate", "zstd", "lzw", "none"), "deflate"),
         zarr_format=_zarr_format(f),
+        creation_options=_creation_options(f, formats),
     )
     f.done()
     if spec.chunk % 16:
@@ -499,6 +502,24 @@ def parse_job(
         document=dict(document),
         overwrite=overwrite,
     )
+
+
+def _creation_options(f: "_Fields", formats: list[str]) -> tuple[tuple[str, str], ...]:
+    """`creation_options: {KEY: VALUE}`: checked against the GDAL drivers of the cog / tiff outputs."""
+    raw = f.raw("creation_options", {}) or {}
+    if not isinstance(raw, Mapping) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw.values()):
+        f.fail(f"expected a mapping of GDAL creation options like {{COMPRESS: ZSTD, LEVEL: 9}}, got {raw!r}", "creation_options")
+        return ()
+    options = {str(k).upper(): str(v) for k, v in raw.items()}
+    if options:
+        from pipeline.creation_options import check
+
+        try:
+            check(options, formats)
+        except (ValueError, OSError) as exc:
+            f.fail(str(exc), "creation_options")
+            return ()
+    return tuple(sorted(options.items()))
 
 
 def _zarr_format(f: "_Fields") -> int:

@@ -37,6 +37,7 @@ MEDIA_TYPES = {
     "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
     "tiff": "image/tiff; application=geotiff",
     "png": "image/png",
+    "ome-tiff": "image/tiff",  # OME-XML inside a plain TIFF: no registered media type of its own
 }
 CATALOG_FILE = "catalog.json"
 STAC_DIR = "stac"
@@ -45,6 +46,8 @@ STAC_DIR = "stac"
 def _media_type(fmt: str, item) -> str | None:
     if fmt == "zarr":
         return f"application/vnd.zarr; version={getattr(item, 'zarr_format', 3)}"
+    if fmt == "ome-zarr":
+        return "application/vnd.zarr; version=3"  # OME-Zarr 0.5 is zarr format 3
     return MEDIA_TYPES.get(fmt)
 
 

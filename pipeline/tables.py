@@ -28,11 +28,12 @@ ITEMS_SCHEMA = pa.schema([
     _field("units", pa.int64(), "number of work units (output blocks) of the item"),
     _field("prepare_id", pa.string(), "id of the item's 'prepare' status record (hash of sources and settings)"),
     _field("finalize_id", pa.string(), "id of the item's 'item' status record (its exports)"),
-    _field("output", pa.string(), "output path without suffix (formats add .tif, .zarr, .png, ...), relative to the "
-           "run directory when inside it (absolute path or URL otherwise; absolute in run directories written before)"),
+    _field("output", pa.string(), "output path without suffix (formats add .tif, .tiff, .png, .zarr, .ome.tif, "
+           ".ome.zarr), relative to the run directory when inside it (absolute path or URL otherwise; absolute in "
+           "run directories written before)"),
     _field("sources_id", pa.string(), "hash of the source files' identities (path, size, mtime) and reading options: "
            "a later run of the same job reuses the recorded headers of an item whose files are unchanged"),
-    _field("infos", pa.string(), "JSON of the sources' recorded headers (grid, bands, dtype, nodata) in reduction order"),
+    _field("infos", pa.string(), "JSON of the sources' recorded headers (grid, bands, dtype, nodata, a stack's physical pixel size) in reduction order"),
 ])
 
 PLAN_SCHEMA = pa.schema([

@@ -10,6 +10,7 @@ whole.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import mmap
@@ -22,6 +23,7 @@ import numpy as np
 
 from pipeline.fsio import atomic_path, fsync_files, remove, temporary_sibling
 from pipeline import crs_forms, runstore
+from pipeline.creation_options import for_driver as creation_options_for
 from pipeline.errors import one_line
 from pipeline.sources import Grid
 from pipeline.tiling import Block
@@ -227,13 +229,18 @@ def _build_overviews(path: pathlib.Path, blocksize: int) -> None:
 def export_files(
     store: pathlib.Path, targets: dict[str, pathlib.Path], *, array: str, grid: Grid, nodata: float | None,
     band_names: list[str], tags: dict, blocksize: int, compress: str, rows: int, zarr_format: int | None = None,
+    creation_options: dict | None = None,
 ) -> dict[str, pathlib.Path]:
-    """Write the requested files (cog, tiff, png) of one store array, each atomically."""
+    """Write the requested files (cog, tiff, png) of one store array, each atomically. The COG and
+    TIFF get `compress` with the predictor of the data type, and the user's `creation_options`
+    (checked when the job was read) over those defaults."""
     import rasterio
     import rasterio.shutil
+    import zarr
 
     written: dict[str, pathlib.Path] = {}
-    compress_opt = None if compress == "none" else compress
+    dtype = zarr.open_group(runstore.zarr_store(store, read_only=True), mode="r", zarr_format=zarr_format)[array].dtype
+    gdal_options = functools.partial(creation_options_for, dtype=dtype, compress=compress, user=creation_options or {})
     with rasterio.Env(**GDAL_ENV):
         for dst in targets.values():
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -248,17 +255,16 @@ def export_files(
             for fmt, dst in targets.items():
                 with atomic_path(dst) as tmp:
                     if fmt == "cog":
-                        rasterio.shutil.copy(
-                            intermediate, tmp, driver="COG", compress=compress_opt or "NONE", blocksize=blocksize,
-                            overviews="FORCE_USE_EXISTING", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
-                        )
+                        rasterio.shutil.copy(intermediate, tmp, driver="COG", **gdal_options("COG", defaults={
+                            "BLOCKSIZE": blocksize, "OVERVIEWS": "FORCE_USE_EXISTING", "BIGTIFF": "IF_SAFER",
+                            "NUM_THREADS": "ALL_CPUS"}))
                     elif fmt == "png":
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                             rasterio.shutil.copy(intermediate, tmp, driver="PNG")
                     else:
-                        rasterio.shutil.copy(intermediate, tmp, driver="GTiff", tiled=True, blockxsize=blocksize,
-                                             blockysize=blocksize, compress=compress_opt or "NONE", bigtiff="IF_SAFER")
+                        rasterio.shutil.copy(intermediate, tmp, driver="GTiff", **gdal_options("GTiff", defaults={
+                            "TILED": "YES", "BLOCKXSIZE": blocksize, "BLOCKYSIZE": blocksize, "BIGTIFF": "IF_SAFER"}))
                 written[fmt] = dst
         except Exception as exc:
             for dst in written.values():

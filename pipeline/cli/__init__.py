@@ -42,6 +42,28 @@ class LazyGroup(click.Group):
         module_name, attr = entry[0].split(":")
         return getattr(importlib.import_module(module_name), attr)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """With --json, every error that stops a command (click's usage errors included) is one
+        JSON object on stdout (pipeline/cli/failures.py); otherwise click's own handling."""
+        import sys
+
+        from pipeline.cli.failures import exit_with, json_requested
+
+        args = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or not json_requested(args):
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            exit_with(KeyboardInterrupt(), as_json=True)
+        except click.ClickException as exc:
+            exit_with(exc, as_json=True)
+        except Exception as exc:  # a command without its own handler (eval, check-parity)
+            exit_with(exc, as_json=True)
+        sys.exit(0)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Static help lines: listing commands must not import torch, Ray or rasterio.
         with formatter.section("Commands"):

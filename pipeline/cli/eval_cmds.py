@@ -110,7 +110,7 @@ def evaluate(a_dir, b_dir, fused, method, task, reconstruction, preset, metrics,
     methods += [Method(name, fuser=fuser) for value in method for name, fuser in _load_method(value, reconstruction)]
 
     def progress(iterable, total):
-        return tqdm(iterable, total=total, desc="pairs", unit="pair", disable=quiet or as_json, file=sys.stderr)
+        return tqdm(iterable, total=total, desc="pairs", unit="pair", disable=quiet or as_json or not sys.stderr.isatty(), file=sys.stderr)
 
     try:
         result = run_evaluation(a_dir, b_dir, methods, out_dir, preset=preset, metrics=metrics, task=task,

@@ -14,12 +14,12 @@ import pathlib
 import shutil
 import sys
 import tempfile
-import traceback
 from typing import Any
 
 import click
 
-from pipeline.errors import EXIT_BAD_JOB, EXIT_ITEMS_FAILED, exit_code_of, message_of
+from pipeline.cli.failures import CommandFailed, exit_with
+from pipeline.errors import EXIT_BAD_JOB, EXIT_ITEMS_FAILED
 
 
 def _output_mode(function):
@@ -28,8 +28,8 @@ def _output_mode(function):
 
 
 def _errors_as_exit_codes(function):
-    """One line naming the file and the cause, and the documented exit code, for any error that
-    stops the command (the traceback only with --traceback)."""
+    """One line naming the file and the cause (with --json: one JSON object on stdout), and the
+    documented exit code, for any error that stops the command (the traceback only with --traceback)."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
@@ -42,18 +42,21 @@ def _errors_as_exit_codes(function):
             if not hasattr(exc, "exit_code") or isinstance(exc, SystemExit):
                 raise
             error = exc
-        if kwargs.get("show_traceback"):
-            traceback.print_exception(error)
-        click.echo(f"Error: {message_of(error)}", err=True)
-        sys.exit(exit_code_of(error))
+        exit_with(error, as_json=kwargs.get("mode") == "json", show_traceback=kwargs.get("show_traceback", False))
 
     return click.option("--traceback", "show_traceback", is_flag=True,
                         help="Print the traceback of an error that stops the command (status: of every recorded failure).")(wrapper)
 
 
-def _fail(message: str, code: int = EXIT_BAD_JOB) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
+def _fail(message: str, code: int = EXIT_BAD_JOB, file: str | None = None) -> None:
+    """Stop the command: reported by `_errors_as_exit_codes` (as JSON with --json)."""
+    raise CommandFailed(message, code, file)
+
+
+def _progress(mode: str | None) -> bool:
+    """A progress bar only for a person watching: not with --json / --quiet, not when stderr
+    (where tqdm draws) is a file or a pipe."""
+    return mode is None and sys.stderr.isatty()
 
 
 def _print_summary(summary, mode: str | None, hint: str | None = None) -> None:
@@ -97,7 +100,7 @@ def _run(job, *, local: bool, workers: int | None, address: str | None, retry_fa
             click.echo(message, err=True)
 
     options = Options(retry_failed=retry_failed, only=frozenset(i.strip() for i in only.split(",") if i.strip()))
-    common = dict(options=options, progress=mode is None, report=report, source=source)
+    common = dict(options=options, progress=_progress(mode), report=report, source=source)
     _warn_untrained(job, mode)
     if local or fuser is not None:
         from pipeline.runners.local import run_job
@@ -316,7 +319,8 @@ def parse_task(text: str) -> Any:
     return mix
 
 
-SUFFIX_FORMATS = {".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"}
+# output suffix -> format, the longest suffixes first (OUT.ome.tif is an OME-TIFF, OUT.tif a COG)
+SUFFIX_FORMATS = {".ome.tif": "ome-tiff", ".ome.zarr": "ome-zarr", ".tif": "cog", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"}
 
 
 def _absolute_input(source: str) -> str:
@@ -329,7 +333,7 @@ def _absolute_input(source: str) -> str:
 @click.command("fuse")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path),
-              help="OUT.tif (COG), OUT.tiff, OUT.png or OUT.zarr.")
+              help="OUT.tif (COG), OUT.tiff, OUT.png, OUT.zarr, or for microscopy OUT.ome.tif / OUT.ome.zarr.")
 @click.option("--task", default="vif", show_default=True, help="vif, mef, mff or a router mix like vif=0.7,mef=0.3.")
 @click.option("--weights", default="default", show_default=True, help="Weights file, 'default' or a fuser spec.")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Prompt scale (paper Eq. 8).")
@@ -345,19 +349,29 @@ def _absolute_input(source: str) -> str:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
               help="Keep the manifest here (default: a temporary folder, removed afterwards).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (or zarr store) of the same kind; never an input.")
+@click.option("--co", "creation_options", multiple=True, metavar="KEY=VALUE",
+              help="GDAL creation option for a .tif (COG) or .tiff output, e.g. --co COMPRESS=ZSTD --co LEVEL=9 "
+                   "(repeatable; replaces the default DEFLATE with the data type's predictor).")
 @_output_mode
 @_errors_as_exit_codes
 def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, beta: float, reconstruction: str,
          tile: int, overlap: int, normalise: str, prompts: bool, run_dir: pathlib.Path | None, overwrite: bool,
-         mode: str | None, show_traceback: bool) -> None:
+         creation_options: tuple[str, ...], mode: str | None, show_traceback: bool) -> None:
     """Fuse one item: SOURCES in order (the first is the reference grid), or one z-stack file.
     A source may be a URL (s3://, gs://, az://, https://)."""
+    from pipeline.creation_options import check, parse_pairs
     from pipeline.output_safety import input_collisions
     from pipeline.spec import parse_job
 
-    fmt = SUFFIX_FORMATS.get(output.suffix.lower())
-    if fmt is None:
-        _fail(f"{output}: unsupported output suffix; use one of {', '.join(SUFFIX_FORMATS)}")
+    suffix = next((s for s in SUFFIX_FORMATS if output.name.lower().endswith(s)), None)
+    if suffix is None:
+        _fail(f"{output}: unsupported output suffix; use one of {', '.join(SUFFIX_FORMATS)}", file=str(output))
+    fmt = SUFFIX_FORMATS[suffix]
+    try:
+        options = parse_pairs(creation_options)
+        check(options, [fmt])
+    except ValueError as exc:
+        _fail(f"--co: {exc}")
     collisions = input_collisions([output], sources)
     if collisions:
         _fail(collisions[0])
@@ -365,12 +379,13 @@ def fuse(sources, output: pathlib.Path, task: str, weights: str, alpha: float, b
     document = {
         "name": "fuse",
         "task": parse_task(task),
-        "discover": {"type": "list", "items": [{"item": output.stem, **dict(zip(roles, map(_absolute_input, sources)))}]},
+        "discover": {"type": "list", "items": [{"item": output.name[:-len(suffix)], **dict(zip(roles, map(_absolute_input, sources)))}]},
         "sources": [{"role": r, "normalise": normalise} for r in roles],
         "reference": roles[0],
         "tiling": {"tile": tile, "overlap": overlap},
         "model": {"weights": weights, "alpha": alpha, "beta": beta, "reconstruction": reconstruction},
-        "output": {"dir": str(output.parent.absolute()), "name": output.stem, "formats": [fmt], "prompt_maps": prompts},
+        "output": {"dir": str(output.parent.absolute()), "name": output.name[:-len(suffix)], "formats": [fmt],
+                   "prompt_maps": prompts, "creation_options": options},
         "run_dir": str((run_dir or pathlib.Path(tempfile.gettempdir())).absolute()),  # see below for no --run-dir
         "overwrite": overwrite,
     }
@@ -406,7 +421,8 @@ def samples(directory: pathlib.Path, mode: str | None) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path))
 @click.option("--metrics", type=click.Path(dir_okay=False, exists=True, path_type=pathlib.Path),
               help="A `tcmoa eval` results table (CSV or Parquet): its rows for each item are shown.")
-def report(run_dir: pathlib.Path, metrics: pathlib.Path | None) -> None:
+@_errors_as_exit_codes
+def report(run_dir: pathlib.Path, metrics: pathlib.Path | None, show_traceback: bool) -> None:
     """Write RUN_DIR/report/index.html: per item, sources, fused output and prompt map as quicklooks."""
     from pipeline.report import write_report
 
