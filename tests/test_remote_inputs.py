@@ -207,7 +207,9 @@ def iam_mode(s3_server, monkeypatch):
         iam.create_user(UserName=user)
         iam.put_user_policy(UserName=user, PolicyName="read-one-bucket", PolicyDocument=json.dumps({
             "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+            # HEAD needs s3:GetObject on AWS; moto 5.2 checks it as "s3:HeadObject" (no such IAM
+            # action on AWS), so the user gets both: reading the allowed bucket works on either
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
                            "Resource": [f"arn:aws:s3:::{allowed}", f"arn:aws:s3:::{allowed}/*"]}],
         }))
         key = iam.create_access_key(UserName=user)["AccessKey"]

@@ -109,6 +109,15 @@ def test_a_run_directory_in_a_bucket_gives_the_outputs_of_a_local_one(tmp, s3_se
     status = CliRunner().invoke(main, ["status", f"s3://{bucket}/runs/pair"])
     assert status.exit_code == 0 and "done" in status.output, status.output
 
+    # its paths are relative: the run directory copied out of the bucket verifies on disk
+    from pipeline import runstore
+
+    runstore.location(f"s3://{bucket}/runs/pair").fs.get(f"{bucket}/runs/pair/", str(tmp / "copy") + "/", recursive=True)
+    copied = CliRunner().invoke(main, ["verify", str(tmp / "copy"), "--json"])
+    assert copied.exit_code == 0 and json.loads(copied.output)["checked_outputs"] == 8, copied.output
+    refused = CliRunner().invoke(main, ["report", f"s3://{bucket}/runs/pair"])
+    assert refused.exit_code == 2 and "copy this one first" in refused.output
+
 
 def test_a_second_run_on_an_active_run_prefix_is_refused(tmp, s3_server):
     write_pair_archive(tmp, ("s1",), (96, 130))

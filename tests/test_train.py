@@ -208,8 +208,8 @@ def test_example_jobs_parse(shared_dir, tmp_path):
     from tcmoa.train_config import load_pretrain_config
 
     assert load_pretrain_config(root / "pretrain_tiny.yaml").mask_ratio == 0.75
-    for name in ("train_small.yaml", "train_small_guided.yaml"):
-        small = load_train_config(root / name, {"backbone": None})
+    for name in ("train_small.yaml", "train_small_guided.yaml", "finetune_small_guided.yaml"):
+        small = load_train_config(root / name, {"backbone": None, "init": None})
         assert small.model == "small" and small.tasks == ["vif", "mef", "mff"] and small.crop % 112 == 0
         assert all("dev" not in str(e.path) and "VIFB" not in str(e.path) for t in small.tasks for e in small.data[t])
     assert small.guided_loss == 1.0

@@ -418,7 +418,7 @@ def samples(directory: pathlib.Path, mode: str | None) -> None:
 
 
 @click.command("report")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path))
+@click.argument("run_dir", type=RunDirParam(exists=True))
 @click.option("--metrics", type=click.Path(dir_okay=False, exists=True, path_type=pathlib.Path),
               help="A `tcmoa eval` results table (CSV or Parquet): its rows for each item are shown.")
 @_errors_as_exit_codes
@@ -426,6 +426,9 @@ def report(run_dir: pathlib.Path, metrics: pathlib.Path | None, show_traceback: 
     """Write RUN_DIR/report/index.html: per item, sources, fused output and prompt map as quicklooks."""
     from pipeline.report import write_report
 
+    if not isinstance(run_dir, pathlib.Path):  # the page and its quicklooks are files beside each other
+        _fail(f"{run_dir}: tcmoa report writes into a local run directory; copy this one first (its paths are "
+              f"relative: e.g. `aws s3 sync {run_dir} runs/copy`, then `tcmoa report runs/copy`)")
     try:
         page = write_report(run_dir, metrics)
     except FileNotFoundError as exc:
