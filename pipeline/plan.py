@@ -158,7 +158,8 @@ def model_identity(model: ModelSpec, info: ModelInfo, placement: Placement) -> d
         "precision": placement.precision,
         "alpha": model.alpha,
         "beta": model.beta,
-        "reconstruction": model.reconstruction,
+        # resolved: 'auto' and the mode it stands for give the same outputs, so the same unit ids
+        "reconstruction": info.reconstruction if model.reconstruction == "auto" else model.reconstruction,
     }
 
 

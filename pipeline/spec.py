@@ -28,7 +28,7 @@ OUTPUT_DTYPES = ("auto", "uint8", "uint16", "int16", "float32")
 OUTPUT_SCALES = ("reference", "full")
 VALID_RULES = ("union", "intersection")
 PRECISIONS = ("auto", "fp32", "bf16")
-RECONSTRUCTIONS = ("decoder", "guided")  # tcmoa.inference.RECONSTRUCTIONS (spec checks need no torch)
+RECONSTRUCTIONS = ("auto", "decoder", "guided")  # tcmoa.inference.RECONSTRUCTIONS (spec checks need no torch)
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")  # model.weights names a file (a path) with these
 
@@ -119,7 +119,7 @@ class ModelSpec:
     alpha: float = 1.0
     beta: float = 0.0
     device: str = "auto"
-    reconstruction: str = "decoder"  # decoder: the paper's output; guided: prompt-weighted pyramid of the sources
+    reconstruction: str = "auto"  # decoder: the paper's output; guided: prompt-weighted pyramid of the sources; auto: the weights' choice
 
 
 @dataclass(frozen=True)
@@ -473,7 +473,7 @@ def parse_job(
         alpha=mf.float("alpha", 1.0),
         beta=mf.float("beta", 0.0),
         device=mf.str("device", "auto"),
-        reconstruction=mf.choice("reconstruction", RECONSTRUCTIONS, "decoder"),
+        reconstruction=mf.choice("reconstruction", RECONSTRUCTIONS, "auto"),
     )
     mf.done()
     weights_path = _path(base, model.weights)

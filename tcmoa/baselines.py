@@ -93,7 +93,8 @@ class MertensFuser(_PairFuser):
 
     Weight per pixel = contrast^wc * saturation^ws * well-exposedness^we, normalised over the
     sources and blended on a Gaussian pyramid against the sources' Laplacian pyramids (full depth).
-    Grey sources have no saturation term.
+    Both sources of a pair are weighed by the same terms: where either is grey (visible + infrared),
+    neither has a saturation term and exposedness is that of the luminance.
     """
 
     name = "mertens"
@@ -111,28 +112,31 @@ class MertensFuser(_PairFuser):
             "sigma": self.sigma,
         }
 
-    def weights(self, x: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) in [0, 1] -> (N, H, W, 1) unnormalised weights."""
-        return np.concatenate([self._image_weights(image) for image in x])
+    def weights(self, x: np.ndarray, *, grey: bool | None = None) -> np.ndarray:
+        """(N, H, W, C) in [0, 1] -> (N, H, W, 1) unnormalised weights. `grey`: weigh as grey
+        images (no saturation term, exposedness of the luminance); default: where an image is grey."""
+        return np.concatenate([self._image_weights(image, is_grey(image) if grey is None else grey) for image in x])
 
-    def _image_weights(self, x: np.ndarray) -> np.ndarray:
-        """(H, W, C) -> (1, H, W, 1). A grey image (one channel, or three equal ones) has no
-        saturation term: its saturation is zero everywhere, which would zero its weights and
-        reduce the method to the pixel average; its exposedness is that of its one channel."""
-        if is_grey(x):
-            x = x[..., :1]
-        grey = x @ np.array([0.299, 0.587, 0.114]) if x.shape[-1] == 3 else x[..., 0]
+    def _image_weights(self, x: np.ndarray, grey: bool) -> np.ndarray:
+        """(H, W, C) -> (1, H, W, 1). A grey image's saturation is zero everywhere, which would zero
+        its weights and reduce the method to the pixel average: grey weighing leaves that term out."""
+        luminance = x @ np.array([0.299, 0.587, 0.114]) if x.shape[-1] == 3 else x[..., 0]
         laplace = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-        contrast = np.abs(ndimage.correlate(grey, laplace, mode="nearest"))
-        w = contrast**self.contrast
-        if x.shape[-1] == 3:
+        w = np.abs(ndimage.correlate(luminance, laplace, mode="nearest")) ** self.contrast
+        if grey:
+            exposed = np.exp(-((luminance - 0.5) ** 2) / (2 * self.sigma**2))
+        else:
             w = w * x.std(axis=-1) ** self.saturation
-        exposed = np.exp(-((x - 0.5) ** 2) / (2 * self.sigma**2)).prod(axis=-1)
+            exposed = np.exp(-((x - 0.5) ** 2) / (2 * self.sigma**2)).prod(axis=-1)
         w = w * exposed**self.exposedness
         return w[None, ..., None]
 
     def _fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        wa, wb = self.weights(a) + 1e-12, self.weights(b) + 1e-12
+        weights = []
+        for x_a, x_b in zip(a, b):  # one pair at a time: its sources weighed alike
+            grey = is_grey(x_a) or is_grey(x_b)
+            weights.append([self._image_weights(x, grey) + 1e-12 for x in (x_a, x_b)])
+        wa, wb = (np.concatenate(w) for w in zip(*weights))
         return blend(a, b, wa / (wa + wb), pyramid_levels(a.shape[1:3]))
 
 

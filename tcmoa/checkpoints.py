@@ -17,13 +17,13 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Mapping
 
 import torch
 
 from tcmoa.config import PRESETS, TCMoAConfig
 from tcmoa.model import TCMoA
+from tcmoa.run_state import atomic_write
 from tcmoa.vit import relative_position_index
 
 FORMAT_NAME = "tcmoa"
@@ -224,14 +224,7 @@ def save_model(model: TCMoA, path: "str | os.PathLike", provenance: Mapping[str,
         "config": json.dumps(model.config.to_dict()),
         "provenance": json.dumps(dict(provenance or {}), default=str),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return file_sha256(path)
 
 

@@ -25,9 +25,20 @@ log = logging.getLogger(__name__)
 
 DOWNSAMPLES = ("nearest", "area")
 # decoder: the paper's output (the decoder's pixels); guided: a Laplacian-pyramid blend of the
-# source pixels weighted by the prompts (tcmoa.guided).
-RECONSTRUCTIONS = ("decoder", "guided")
-# Shipped default weights live here once trained; until then "default" is an untrained model.
+# source pixels weighted by the prompts (tcmoa.guided); auto: what the weights file recommends
+# (its provenance's "reconstruction", set by `tcmoa export --reconstruction`), else decoder.
+RECONSTRUCTIONS = ("auto", "decoder", "guided")
+
+
+def resolve_reconstruction(requested: str, weights_info: dict[str, Any] | None) -> str:
+    """The reconstruction mode a fuser uses: `requested`, or for 'auto' the weights' recommendation."""
+    if requested not in RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    recommended = (weights_info or {}).get("reconstruction")
+    return recommended if recommended in ("decoder", "guided") else "decoder"
+# The shipped default weights (docs/model-card.md); without the file "default" is an untrained model.
 DEFAULT_WEIGHTS = pathlib.Path(__file__).parent / "weights" / "tcmoa-default.safetensors"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -49,12 +60,10 @@ class TCMoAFuser:
 
     def __init__(self, model: TCMoA, *, device: "str | torch.device" = "cpu", precision: str = "fp32",
                  batch_size: int = 8, alpha: float = 1.0, beta: float = 0.0, downsample: str = "nearest",
-                 reconstruction: str = "decoder", weights_info: dict[str, Any] | None = None):
+                 reconstruction: str = "auto", weights_info: dict[str, Any] | None = None):
         if downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
-        if reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
-        self.reconstruction = reconstruction
+        self.reconstruction = resolve_reconstruction(reconstruction, weights_info)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
@@ -152,7 +161,7 @@ def random_model(config: str = "tiny", seed: int = 0) -> TCMoA:
 def load_model_spec(spec: str, device: "str | torch.device" = "cpu") -> tuple[TCMoA, dict[str, Any]]:
     """Resolve a weights spec to (model, weights_info).
 
-    'default'          shipped default weights (an untrained tiny model until they exist, with a warning)
+    'default'          the shipped default weights (an untrained tiny model, with a warning, if the file is absent)
     'random:CONFIG'    random initialisation of a preset (tiny/base/large), seed 0; also 'tiny-random'
     PATH.safetensors   the project's own format
     PATH.pth           a released TC-MoA checkpoint (configuration inferred from its shapes)
@@ -164,7 +173,7 @@ def load_model_spec(spec: str, device: "str | torch.device" = "cpu") -> tuple[TC
             model, meta = checkpoints.load_model(DEFAULT_WEIGHTS, device)
             return model, {"spec": spec, "path": str(DEFAULT_WEIGHTS), "sha256": meta["sha256"], **meta["provenance"]}
         warnings.warn(
-            "no trained default weights are shipped yet: using an UNTRAINED random-init tiny model "
+            f"{DEFAULT_WEIGHTS} is missing: using an UNTRAINED random-init tiny model "
             "(outputs show the plumbing, not real fusion). Pass trained weights to fuse for real.",
             stacklevel=2,
         )
@@ -226,11 +235,14 @@ def model_info(spec: str = "default") -> ModelInfo:
         return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, None, config.to_dict(), trained=False)
     if not path.is_file():
         raise FileNotFoundError(f"weights {spec!r}: no such file (or use 'default' / 'random:tiny')")
+    reconstruction = "decoder"
     if path.suffix == ".safetensors":
         meta = checkpoints.read_metadata(path)
         config = TCMoAConfig.from_dict(meta["config"])
+        reconstruction = resolve_reconstruction("auto", meta.get("provenance"))
     else:
         state, _ = checkpoints.read_torch_checkpoint(path)
         config = checkpoints.infer_config(state)
-    return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, checkpoints.file_sha256(path), config.to_dict())
+    return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, checkpoints.file_sha256(path), config.to_dict(),
+                     reconstruction=reconstruction)
 

@@ -82,6 +82,7 @@ class ModelInfo:
     weights_sha256: str | None  # of the weights file; None where there is no file
     config: dict[str, Any] = field(default_factory=dict)  # the network's configuration
     trained: bool = True
+    reconstruction: str = "decoder"  # the mode `reconstruction: auto` resolves to (the weights' recommendation)
 
     @classmethod
     def of(cls, fuser: "Fuser", weights: str = "") -> "ModelInfo":
@@ -89,7 +90,8 @@ class ModelInfo:
         provenance = fuser.provenance() if hasattr(fuser, "provenance") else {}
         info = provenance.get("weights", {}) if isinstance(provenance.get("weights"), dict) else {}
         return cls(getattr(fuser, "name", type(fuser).__name__), int(getattr(fuser, "tile_multiple", 1) or 1),
-                   weights, info.get("sha256"), provenance.get("config", {}), info.get("trained", True))
+                   weights, info.get("sha256"), provenance.get("config", {}), info.get("trained", True),
+                   provenance.get("reconstruction", "decoder"))
 
 
 def as_nhwc(x: Any, what: str = "image") -> np.ndarray:

@@ -11,7 +11,7 @@ import math
 import os
 import pathlib
 import random
-import tempfile
+import uuid
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -91,10 +91,14 @@ def seed_rank(seed: int, rank: int) -> None:
 def atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
     """Call write(temporary name) beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(path.parent / f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
+        # the usual permissions (0666 less the umask), as a new file gets them, restored after the
+        # writer: safetensors makes its files owner-only, and a shipped or shared file must be readable
+        open(tmp, "xb").close()
+        mode = os.stat(tmp).st_mode & 0o777
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)

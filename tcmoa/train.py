@@ -365,12 +365,20 @@ class _Trainer:
 
 
 def export_latest(run_dir: "str | pathlib.Path", output: "str | pathlib.Path",
-                  dtype: torch.dtype | None = torch.float16) -> dict[str, Any]:
+                  dtype: torch.dtype | None = torch.float16, notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy the last complete checkpoint's weights of a training run (a finished run's
     final.safetensors, else the newest checkpoint: EMA weights) to `output`, fp16 by default so a
     shipped file stays small. Safe while the run goes on: checkpoints are complete once listed.
+    `notes` go into the file's provenance (e.g. the recommended reconstruction mode).
     Returns what was exported (source, step, output, sha256, bytes)."""
     run_dir = pathlib.Path(run_dir)
+    if run_dir.is_file():  # a weights file itself (re-stored, e.g. with a recommended reconstruction)
+        model, meta = load_model(run_dir)
+        provenance = {**meta["provenance"], "source_sha256": meta["sha256"],
+                      "stored_as": str(dtype or torch.float32).replace("torch.", ""), **(notes or {})}
+        sha = save_model(model, output, provenance, dtype=dtype)
+        return {"source": str(run_dir), "step": int(meta["provenance"].get("trained_steps", 0)), "output": str(output),
+                "sha256": sha, "bytes": pathlib.Path(output).stat().st_size}
     candidates = []  # (step, preference, file): the newest wins, final.safetensors on a tie
     latest = CheckpointStore(run_dir / "checkpoints", keep=0).latest_weights()
     if latest is not None:
@@ -383,7 +391,8 @@ def export_latest(run_dir: "str | pathlib.Path", output: "str | pathlib.Path",
     step, _, source = max(candidates)
     model, meta = load_model(source)
     provenance = {**meta["provenance"], "exported_from": f"{run_dir.name}/{source.relative_to(run_dir)}",
-                  "source_sha256": meta["sha256"], "stored_as": str(dtype or torch.float32).replace("torch.", "")}
+                  "source_sha256": meta["sha256"], "stored_as": str(dtype or torch.float32).replace("torch.", ""),
+                  **(notes or {})}
     sha = save_model(model, output, provenance, dtype=dtype)
     return {"source": str(source), "step": step, "output": str(output), "sha256": sha,
             "bytes": pathlib.Path(output).stat().st_size}

@@ -114,6 +114,26 @@ def test_mertens_on_grey_pairs_is_exposure_fusion_not_the_average():
     assert np.abs(one - over).mean() < 0.5 * np.abs(average - over).mean()
 
 
+def test_mertens_weighs_a_colour_and_a_grey_source_alike():
+    """Visible (colour) + infrared (grey): neither source gets a saturation term, so the colour one
+    is not scaled down by its (small) saturation and the same content weighs the same in both."""
+    texture = scene(48, 48, seed=9)
+    colour = np.stack([texture, 0.95 * texture, 0.9 * texture], axis=-1)  # little saturation
+    luminance = (colour @ np.array([0.299, 0.587, 0.114]))[..., None]
+    shares = MertensFuser()
+    wa = shares.weights(colour[None], grey=True)
+    wb = shares.weights(luminance[None], grey=True)
+    np.testing.assert_allclose(wa, wb, rtol=1e-9)
+    # sharp colour + a blurred grey copy: the sharp source carries the contrast and wins (weighed
+    # with its saturation of ~0.04, as before, it lost to the blur)
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(luminance[..., 0], 2.0)
+    fused = shares.fuse(colour, blurred)
+    fused_luminance = fused @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(fused_luminance - luminance[..., 0]).mean() < 0.5 * np.abs(fused_luminance - blurred).mean()
+
+
 def test_mertens_takes_the_only_informative_source():
     truth = scene(48, 48, seed=7)
     black = np.zeros_like(truth)  # no contrast, badly exposed: weight ~ 0 everywhere

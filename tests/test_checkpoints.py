@@ -225,7 +225,10 @@ def test_info_describes_the_default_and_random_specs_without_a_file(tmp_path):
     assert described["parameters"]["total"] > 0 and described["config"]
     from tcmoa.inference import DEFAULT_WEIGHTS
 
-    if not DEFAULT_WEIGHTS.is_file():  # until trained weights ship, `default` is the untrained tiny model
+    if DEFAULT_WEIGHTS.is_file():  # the shipped model (docs/model-card.md), used in the mode it records
+        assert described["config"]["embed_dim"] == 192 and described["provenance"]["reconstruction"] == "guided"
+        assert DEFAULT_WEIGHTS.stat().st_size <= 25e6  # the package's size limit for its weights
+    else:  # a source tree without the file: the untrained tiny model
         assert described["provenance"]["trained"] is False and described["config"]["embed_dim"] == 64
     small = json.loads(CliRunner().invoke(cli, ["info", "random:small"]).output)
     assert small["config"]["embed_dim"] == 192

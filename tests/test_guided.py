@@ -120,6 +120,24 @@ def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
 
 def test_load_fuser_takes_the_reconstruction_and_rejects_unknown_ones():
     assert load_fuser("random:tiny", reconstruction="guided").reconstruction == "guided"
-    assert load_fuser("random:tiny").reconstruction == "decoder"
+    assert load_fuser("random:tiny").reconstruction == "decoder"  # auto, and no file to recommend a mode
     with pytest.raises(ValueError, match="reconstruction must be one of"):
         load_fuser("random:tiny", reconstruction="pyramid")
+
+
+def test_auto_reconstruction_is_the_mode_the_weights_file_recommends(tmp_path):
+    """`tcmoa export --reconstruction guided` records the mode; `auto` (every command's default) uses
+    it, planning sees it from the file's header alone, and an explicit mode still wins."""
+    from tcmoa.checkpoints import save_model
+    from tcmoa.inference import model_info, random_model
+
+    plain, guided = tmp_path / "plain.safetensors", tmp_path / "guided.safetensors"
+    save_model(random_model("tiny"), plain, {"trained": False})
+    save_model(random_model("tiny"), guided, {"trained": False, "reconstruction": "guided"})
+    assert load_fuser(str(plain)).reconstruction == "decoder" and model_info(str(plain)).reconstruction == "decoder"
+    assert load_fuser(str(guided)).reconstruction == "guided" and model_info(str(guided)).reconstruction == "guided"
+    assert load_fuser(str(guided), reconstruction="decoder").reconstruction == "decoder"
+    rng = np.random.default_rng(3)
+    a, b = rng.random((112, 112), dtype=np.float32), rng.random((112, 112), dtype=np.float32)
+    np.testing.assert_array_equal(load_fuser(str(guided)).fuse(a, b, "mff"),
+                                  load_fuser(str(plain), reconstruction="guided").fuse(a, b, "mff"))

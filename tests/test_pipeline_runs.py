@@ -205,7 +205,8 @@ def test_job_spec_model_reconstruction(tmp_path):
     _archive(tmp_path, scenes=("s1",), shape=(60, 70))
     job = parse_job(pair_job(tmp_path, model={"weights": "random:tiny", "reconstruction": "guided"}), base=tmp_path)
     assert job.model.reconstruction == "guided" and load_model_fuser(job.model).reconstruction == "guided"
-    assert parse_job(pair_job(tmp_path), base=tmp_path).model.reconstruction == "decoder"
+    default = parse_job(pair_job(tmp_path), base=tmp_path).model
+    assert default.reconstruction == "auto" and load_model_fuser(default).reconstruction == "decoder"
     with pytest.raises(SpecError, match="reconstruction"):
         parse_job(pair_job(tmp_path, model={"reconstruction": "pyramid"}), base=tmp_path)
 

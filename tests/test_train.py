@@ -263,6 +263,15 @@ def test_export_takes_the_newest_weights_of_a_run_as_fp16(workspace, tmp_path):
     for name, value in newest.state_dict().items():
         assert torch.equal(shipped.state_dict()[name], value.half().float()), name
     assert read_metadata(out)["config"] == read_metadata(tmp_path / "run" / "final.safetensors")["config"]
+    # a weights file re-exported with the mode it is best used in: same tensors, the mode recorded
+    again = tmp_path / "guided.safetensors"
+    result = CliRunner().invoke(cli, ["export", str(out), "-o", str(again), "--reconstruction", "guided"])
+    assert result.exit_code == 0 and "exported step 4" in result.output, result.output
+    restored, meta = load_model(again)
+    assert meta["provenance"]["reconstruction"] == "guided" and meta["provenance"]["trained_steps"] == 4
+    assert all(torch.equal(restored.state_dict()[n], v) for n, v in shipped.state_dict().items())
+    (tmp_path / "plain").touch()  # the permissions any new file gets here (safetensors alone would give 0600)
+    assert again.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
 
 
 def test_init_starts_from_saved_weights_and_backbone_wins(workspace, tmp_path):

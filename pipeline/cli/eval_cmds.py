@@ -23,7 +23,7 @@ def _parse_fused(values: tuple[str, ...]) -> list[tuple[str, pathlib.Path]]:
     return out
 
 
-def _load_method(value: str, reconstruction: str = "decoder") -> list[tuple[str, object]]:
+def _load_method(value: str, reconstruction: str = "auto") -> list[tuple[str, object]]:
     """NAME=SPEC or SPEC, where SPEC is 'baseline:NAME' or a model spec for tcmoa.inference.load_fuser.
 
     A model is loaded once per reconstruction mode ('both': NAME/decoder and NAME/guided).
@@ -57,8 +57,9 @@ def _load_method(value: str, reconstruction: str = "decoder") -> list[tuple[str,
               help="Run a fuser on the sources first: baseline:average|laplacian|mertens or a model "
                    "spec such as weights.safetensors (repeatable).")
 @click.option("--task", default="vif", show_default=True, help="Task router for model methods (vif/mef/mff).")
-@click.option("--reconstruction", type=click.Choice(["decoder", "guided", "both"]), default="decoder",
-              show_default=True, help="Output of model methods: the decoder's, prompt-guided, or both (NAME-decoder, NAME-guided).")
+@click.option("--reconstruction", type=click.Choice(["auto", "decoder", "guided", "both"]), default="auto",
+              show_default=True, help="Output of model methods: the decoder's, prompt-guided, both (NAME-decoder, "
+                                      "NAME-guided), or auto: what the weights recommend (else decoder).")
 @click.option("--preset", default="standard", show_default=True,
               help="Metric conventions: standard (textbook), vifb or mefb (those toolboxes).")
 @click.option("--metrics", default=None, metavar="LIST",

@@ -338,9 +338,10 @@ def _absolute_input(source: str) -> str:
 @click.option("--weights", default="default", show_default=True, help="Weights file, 'default' or a fuser spec.")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Prompt scale (paper Eq. 8).")
 @click.option("--beta", type=float, default=0.0, show_default=True, help="Prompt shift (paper Eq. 8).")
-@click.option("--reconstruction", type=click.Choice(["decoder", "guided"]), default="decoder", show_default=True,
-              help="decoder: the model's decoder output (the paper's); guided: the source pixels blended in a "
-                   "Laplacian pyramid weighted by the model's prompts.")
+@click.option("--reconstruction", type=click.Choice(["auto", "decoder", "guided"]), default="auto", show_default=True,
+              help="decoder: the model's decoder output (the paper's); guided: the sources' own pixels, their "
+                   "details selected by the model's prompts in a Laplacian pyramid; auto: what the weights "
+                   "recommend (the default model: guided), else decoder.")
 @click.option("--tile", type=int, default=448, show_default=True)
 @click.option("--overlap", type=int, default=112, show_default=True)
 @click.option("--normalise", type=click.Choice(["auto", "dtype", "percentile"]), default="auto", show_default=True,

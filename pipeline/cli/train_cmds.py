@@ -40,15 +40,20 @@ def _init_torchrun() -> None:
 
 
 @click.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path))
+@click.argument("run_dir", type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Where to write the weights (.safetensors).")
 @click.option("--default", "as_default", is_flag=True,
               help="Write them where the package looks for its default weights (weights: default).")
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="Storage precision of the file (the model computes in fp32 or bf16 either way).")
-def export(run_dir: pathlib.Path, output: pathlib.Path | None, as_default: bool, dtype: str) -> None:
-    """Export the latest weights of a training run (finished or still running) to one file."""
+@click.option("--reconstruction", type=click.Choice(["decoder", "guided"]), default=None,
+              help="Record the output mode these weights are measured best with: `reconstruction: auto` (the "
+                   "default of every command) then uses it.")
+def export(run_dir: pathlib.Path, output: pathlib.Path | None, as_default: bool, dtype: str,
+           reconstruction: str | None) -> None:
+    """Export the latest weights of a training run (finished or still running) to one file.
+    RUN_DIR may also be a weights file (.safetensors): stored again, e.g. with --reconstruction."""
     import torch
 
     from tcmoa.inference import DEFAULT_WEIGHTS
@@ -58,7 +63,8 @@ def export(run_dir: pathlib.Path, output: pathlib.Path | None, as_default: bool,
         raise click.UsageError("give exactly one of -o/--output or --default")
     try:
         done = export_latest(run_dir, DEFAULT_WEIGHTS if as_default else output,
-                             torch.float16 if dtype == "fp16" else None)
+                             torch.float16 if dtype == "fp16" else None,
+                             {"reconstruction": reconstruction} if reconstruction else None)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"exported step {done['step']} of {run_dir} to {done['output']} "
