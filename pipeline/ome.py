@@ -145,7 +145,9 @@ def write_pyramid(store: pathlib.Path, array: str, dst: pathlib.Path, *, name: s
     """Write `store[array]` as an OME-Zarr 0.5 image at `dst` (a new folder). Returns the level shapes."""
     import zarr
 
-    source = zarr.open_group(store, mode="r")[array]
+    from pipeline.runstore import zarr_store
+
+    source = zarr.open_group(zarr_store(store, read_only=True), mode="r")[array]  # the work store: on disk or in a bucket
     channels, height, width = source.shape
     shapes = level_shapes(height, width, chunk)
     physical = ({"origin": size.origin, "y": size.y, "x": size.x, "unit": size.unit} if size else NO_SCALE)

@@ -289,3 +289,35 @@ def test_open_run_reads_a_run_directory_in_a_bucket(tmp, s3_server):
         assert list(run) == ["test/s1"] and run.catalog is not None
         assert [i.id for i in run.catalog.get_items(recursive=True)] == ["s1"]
         np.testing.assert_array_equal(run["s1"].fused.values, local.fused.values)
+
+
+def test_ome_outputs_in_a_bucket_are_uploaded_whole_and_valid(tmp, s3_server):
+    """A focus-stack job writing OME-Zarr and OME-TIFF into a run directory in a bucket: the store's
+    objects and the file are uploaded (the store metadata last), verify passes, and the copy
+    downloaded from the bucket passes the OME-Zarr validator with the input's physical scale."""
+    import tifffile
+    import yaozarrs
+
+    from pipeline import runstore
+    from test_outputs_ome import PHYSICAL_X, PHYSICAL_Y, _stack, _stack_job
+
+    tifffile.imwrite(tmp / "cells.ome.tif", _stack(np.random.default_rng(5)), ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": PHYSICAL_X, "PhysicalSizeY": PHYSICAL_Y,
+        "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    url = f"s3://{s3_server.bucket()}/runs/ome"
+    doc = _stack_job(tmp, "{name}.ome.tif", formats=("ome-zarr", "ome-tiff"))
+    doc["run_dir"] = url
+    del doc["output"]["dir"]  # outputs/ inside the run directory, so in the bucket
+    summary = run_job(parse_job(doc, base=tmp), fuser=ContextFuser(), progress=False)
+    assert summary.items_done == 1, summary.failures
+    checked = CliRunner().invoke(main, ["verify", url, "--json"])
+    assert checked.exit_code == 0, checked.output
+    where = runstore.location(url)
+    where.fs.invalidate_cache()
+    where.fs.get(f"{where.key}/outputs/", str(tmp / "copy") + "/", recursive=True)
+    store = tmp / "copy" / "cells.ome.zarr"
+    assert yaozarrs.validate_zarr_store(str(store)).ome_version() == "0.5"
+    scale = json.loads((store / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]["datasets"][0]
+    np.testing.assert_allclose(scale["coordinateTransformations"][0]["scale"], [1.0, PHYSICAL_Y, PHYSICAL_X])
+    with tifffile.TiffFile(tmp / "copy" / "cells.ome.tif") as tif:
+        assert f'PhysicalSizeX="{PHYSICAL_X}"' in tif.ome_metadata
