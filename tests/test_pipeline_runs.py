@@ -205,8 +205,13 @@ def test_job_spec_model_reconstruction(tmp_path):
     _archive(tmp_path, scenes=("s1",), shape=(60, 70))
     job = parse_job(pair_job(tmp_path, model={"weights": "random:tiny", "reconstruction": "guided"}), base=tmp_path)
     assert job.model.reconstruction == "guided" and load_model_fuser(job.model).reconstruction == "guided"
-    default = parse_job(pair_job(tmp_path), base=tmp_path).model
-    assert default.reconstruction == "auto" and load_model_fuser(default).reconstruction == "decoder"
+    untrained = parse_job(pair_job(tmp_path, model={"weights": "random:tiny"}), base=tmp_path).model
+    assert untrained.reconstruction == "auto" and load_model_fuser(untrained).reconstruction == "decoder"
+    from tcmoa.inference import DEFAULT_WEIGHTS
+
+    if DEFAULT_WEIGHTS.is_file():  # the shipped default records guided, and auto follows it
+        shipped = parse_job(pair_job(tmp_path, model={"weights": "default"}), base=tmp_path).model
+        assert shipped.reconstruction == "auto" and load_model_fuser(shipped).reconstruction == "guided"
     with pytest.raises(SpecError, match="reconstruction"):
         parse_job(pair_job(tmp_path, model={"reconstruction": "pyramid"}), base=tmp_path)
 
