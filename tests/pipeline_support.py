@@ -220,6 +220,30 @@ def output_pixels(outputs: pathlib.Path) -> dict[str, np.ndarray]:
     return pixels
 
 
+
+def assert_only_the_bad_item_failed(summary, root: pathlib.Path, named: str, *words: str,
+                                    out_dir: pathlib.Path | None = None) -> None:
+    """Items good1, good2 and bad: the bad item alone failed, with a one-line error naming `named`
+    (a file or URL) and holding `words`; the others are done; no output, temporary or work store of
+    the bad item is left (outputs in `out_dir`, default ROOT/out; the run directory ROOT/run)."""
+    from pipeline.status import run_status
+
+    assert summary.items_done == 2, summary.failures
+    assert [f["item_id"] for f in summary.failures] == ["bad"], summary.failures
+    error = summary.failures[0]["error"]
+    assert named in error and "\n" not in error, error
+    for word in words:
+        assert word in error, error
+    out_dir = out_dir or root / "out"
+    for scene in ("good1", "good2"):
+        assert (out_dir / f"{scene}.tif").is_file() and (out_dir / f"{scene}.zarr").is_dir()
+    leftovers = [p.name for p in out_dir.rglob("*") if p.name.startswith("bad") or ".tmp-" in p.name]
+    assert leftovers == [], leftovers
+    work = root / "run" / "work"
+    assert not work.exists() or not any(work.rglob("bad*")), list(work.rglob("*"))
+    states = {i["item"]: i["status"] for i in run_status(root / "run")["items"]}
+    assert states == {"test/bad": "failed", "test/good1": "done", "test/good2": "done"}
+
 def write_fast_demo_job(jobs_dir: pathlib.Path, name: str = "demo", **overrides: Any) -> pathlib.Path:
     """jobs/demo.yaml written into jobs_dir (beside a `samples/` folder, as in the repository) with
     a fast baseline fuser instead of the model, and top-level overrides (e.g. run_dir)."""
