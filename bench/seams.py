@@ -1,6 +1,6 @@
 """Seams at tile borders: the engine's blended tiling against hard tiling like the reference's.
 
-    python bench/seams.py                         # tiny untrained model (the shipped default for now)
+    python bench/seams.py                         # the shipped default model
     python bench/seams.py --weights path/to/weights.safetensors --pairs 6
 
 Three fusions of the same real pairs (MEFB 1200x800 exposure pairs and VIFB visible/infrared pairs
