@@ -1,0 +1,96 @@
+"""What prompts could do: the guided selection driven by hand-made token shares, no model.
+
+Each source's share per 8 x 8 pixel token (the model's token) is its share of the luminance
+gradient energy (Gaussian derivative, sigma 1) in that token: `soft` as is, `soft2` with the
+energies squared, `hard` 0 or 1. The shares are bilinearly upsampled and fed to
+tcmoa.pyramid.select, the rule of the guided mode (grey + colour pairs in luminance, as there).
+Scored beside the Laplacian and Mertens baselines on the first N pairs of each *training* split
+(MFIFB-train, RoadScene, MEFB-train) with each task's headline metrics: what a model whose prompts
+had learnt such shares could reach, task by task.
+
+    python tools/oracle_shares.py [N]        # default N = 10; results under runs/oracle_shares/
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.evaluation import Method, run_evaluation
+from tcmoa.baselines import get_baseline
+from tcmoa.interface import as_nhwc
+from tcmoa.pyramid import rgb_to_ycbcr, select, ycbcr_to_rgb
+
+DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SPLITS = {
+    "mff": (DATA / "mff/MFIFB-train/A", DATA / "mff/MFIFB-train/B", "mefb", "Qabf,Qcb,NMI"),
+    "vif": (DATA / "vif/RoadScene/vi", DATA / "vif/RoadScene/ir", "vifb", "Qabf,Qcb,VIFF,SSIM"),
+    "mef": (DATA / "mef/MEFB-train/over", DATA / "mef/MEFB-train/under", "mefb", "MEF_SSIM,Qabf,Qcb"),
+}
+TOKEN = 8
+LEVELS = 4
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    return image[..., 0] if image.shape[-1] == 1 else image @ np.array([0.299, 0.587, 0.114])
+
+
+def token_energy(grey: np.ndarray) -> np.ndarray:
+    """Mean squared gradient magnitude per TOKEN x TOKEN block (edge-padded to whole tokens)."""
+    energy = ndimage.gaussian_gradient_magnitude(grey, 1.0) ** 2
+    h, w = grey.shape
+    rows, cols = -(-h // TOKEN), -(-w // TOKEN)
+    padded = np.pad(energy, ((0, rows * TOKEN - h), (0, cols * TOKEN - w)), mode="edge")
+    return padded.reshape(rows, TOKEN, cols, TOKEN).mean(axis=(1, 3))
+
+
+class OracleShares:
+    """A fuser whose 'prompts' are the sources' shares of gradient energy per token."""
+
+    name = "oracle-shares"
+    tile_multiple = 1
+
+    def __init__(self, power: float = 1.0, hard: bool = False):
+        self.power, self.hard = power, hard
+
+    def provenance(self) -> dict:
+        return {"name": self.name, "power": self.power, "hard": self.hard}
+
+    def share_of_a(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ea, eb = token_energy(luminance(a)) ** self.power, token_energy(luminance(b)) ** self.power
+        share = ea / (ea + eb + 1e-12)
+        if self.hard:
+            share = (share > 0.5).astype(np.float64)
+        h, w = a.shape[:2]
+        upsampled = ndimage.zoom(share, (h / share.shape[0], w / share.shape[1]), order=1)[:h, :w]
+        return np.pad(upsampled, ((0, h - upsampled.shape[0]), (0, w - upsampled.shape[1])), mode="edge")
+
+    def fuse(self, a, b, task: str = "vif") -> np.ndarray:
+        a, b = (as_nhwc(x).astype(np.float64) for x in (a, b))
+        weight = self.share_of_a(a[0], b[0])[None, ..., None]
+        if a.shape[-1] == b.shape[-1]:
+            fused = select(a, b, weight, LEVELS)
+        else:  # grey + colour: select in luminance, the colour source's chroma kept
+            colour, grey, colour_first = (a, b, True) if a.shape[-1] == 3 else (b, a, False)
+            ycc = rgb_to_ycbcr(colour)
+            y = select(ycc[..., :1], grey, weight, LEVELS) if colour_first else select(grey, ycc[..., :1], weight, LEVELS)
+            fused = ycbcr_to_rgb(np.concatenate([y, ycc[..., 1:]], axis=-1))
+        return np.clip(fused[0], 0, 1).astype(np.float32)
+
+
+def main() -> None:
+    limit = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    for task, (a_dir, b_dir, preset, metrics) in SPLITS.items():
+        methods = [Method("oracle_soft", fuser=OracleShares()), Method("oracle_soft2", fuser=OracleShares(power=2.0)),
+                   Method("oracle_hard", fuser=OracleShares(hard=True))]
+        methods += [Method(name, fuser=get_baseline(name)) for name in ("laplacian", "mertens")]
+        result = run_evaluation(a_dir, b_dir, methods, pathlib.Path("runs/oracle_shares") / task, preset=preset,
+                                metrics=metrics, task=task, jobs=1, limit=limit, size_mismatch="resize",
+                                progress=lambda it, total: it)
+        print(f"== {task}\n{result.means.to_string()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
