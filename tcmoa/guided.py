@@ -26,14 +26,36 @@ from tcmoa.pyramid import is_grey, pyramid_levels, rgb_to_ycbcr, select, select_
 LEVELS = 4
 
 
-def prompt_share(out, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, H, W): source A's share per pixel, p_A / (p_A + p_B) averaged over all TC-MoA modules
-    of a model output, bilinearly upsampled from the token grid (differentiable)."""
+def token_share(out) -> torch.Tensor:
+    """(B, 1, h, w) on the token grid: source A's share p_A / (p_A + p_B), averaged over all TC-MoA
+    modules of a model output (differentiable)."""
     p_a = torch.cat([out.encoder_prompts_A, out.decoder_prompts_A]).float()
     p_b = torch.cat([out.encoder_prompts_B, out.decoder_prompts_B]).float()
     share = (p_a / (p_a + p_b).clamp_min(1e-6)).mean(0)[..., 0]  # (B, N)
-    share = share.view(-1, 1, *out.token_grid)
-    return F.interpolate(share, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return share.view(-1, 1, *out.token_grid)
+
+
+def prompt_share(out, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, H, W): source A's share per pixel, `token_share` bilinearly upsampled (differentiable)."""
+    return F.interpolate(token_share(out), size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def focus_shares(a01: torch.Tensor, b01: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w): source A's share of the luminance gradient energy (Sobel, squared) in each cell
+    of a `grid` over (B, 3, H, W) sources in [0, 1]: which source is in focus where, token by token
+    (the target `focus_target` trains the MFF prompts towards; tools/oracle_shares.py measured
+    what the guided selection reaches with such shares)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=a01.dtype, device=a01.device).view(1, 3, 1, 1)
+    sobel_x = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=a01.dtype, device=a01.device)
+    kernels = torch.stack([sobel_x, sobel_x.T]).unsqueeze(1)  # (2, 1, 3, 3)
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        grey = F.pad((x * weights).sum(1, keepdim=True), (1, 1, 1, 1), mode="replicate")
+        gradient = F.conv2d(grey, kernels)
+        return F.adaptive_avg_pool2d((gradient ** 2).sum(1, keepdim=True), grid)
+
+    ea, eb = energy(a01), energy(b01)
+    return ea / (ea + eb).clamp_min(1e-12)
 
 
 def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Tensor) -> torch.Tensor:

@@ -27,13 +27,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from PIL import Image
 
 from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, read_metadata, save_model
 from tcmoa.config import get_config, task_index
 from tcmoa.devices import autocast_dtype, resolve_device, resolve_precision
 from tcmoa.data import ConcatPairs, PairFolder, PairSource, PairStream, PairTransform, stream_loader
-from tcmoa.guided import guided_training_image, prompt_share
+from tcmoa.guided import focus_shares, guided_training_image, prompt_share, token_share
 from tcmoa.losses import task_loss
 from tcmoa.model import TCMoA, decode_to_image01
 from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write,
@@ -45,7 +46,7 @@ from tcmoa.train_config import DataEntry, TrainConfig
 # Config fields that define a run: a resume must not change them.
 _RUN_DEFINING = ("model", "backbone", "init", "seed", "crop", "crop_scales", "flip", "batch_size", "epochs",
                  "iters_per_epoch", "warmup_epochs", "lr", "min_lr", "weight_decay", "betas", "clip_grad",
-                 "ema_decay", "guided_loss", "data")
+                 "ema_decay", "guided_loss", "focus_target", "data")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def _load_init(model: TCMoA, path: pathlib.Path, require_backbone: bool) -> None
 
 
 # Run-defining fields added later, with the value that runs saved before them had.
-_ADDED_DEFAULTS = {"guided_loss": 0.0}
+_ADDED_DEFAULTS = {"guided_loss": 0.0, "focus_target": 0.0}
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -255,6 +256,11 @@ class _Trainer:
             guided01 = guided_training_image(a01, b01, prompt_share(out, tuple(a.shape[-2:])))
             terms["guided_loss"] = task_loss(task, guided01, a01, b01, out, epoch, self.config.warmup_epochs)["loss"]
             terms["loss"] = terms["loss"] + self.config.guided_loss * terms["guided_loss"]
+        if self.config.focus_target and task == "mff":
+            share = token_share(out)
+            target = focus_shares(a01.float(), b01.float(), tuple(share.shape[-2:]))
+            terms["focus_target_loss"] = F.mse_loss(share, target)
+            terms["loss"] = terms["loss"] + self.config.focus_target * terms["focus_target_loss"]
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}, task {task}: the loss is {float(loss)}; "

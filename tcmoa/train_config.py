@@ -60,6 +60,10 @@ class TrainConfig:
     # Weight of the task's loss on the prompt-guided output (tcmoa.guided), added to the reference
     # loss on the decoder output: a direct signal for the prompts. 0: the reference recipe.
     guided_loss: float = 0.0
+    # Weight of a target for the MFF prompts: the mean squared difference between the model's
+    # per-token share of source A and A's share of the gradient energy in that token (the sharper
+    # source, tcmoa.guided.focus_shares). 0: off.
+    focus_target: float = 0.0
     precision: str = "auto"  # auto: bf16 where the device computes it natively (tcmoa.devices)
     device: str = "auto"
     num_workers: int = 2  # data loader processes per task

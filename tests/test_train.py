@@ -208,7 +208,7 @@ def test_example_jobs_parse(shared_dir, tmp_path):
     from tcmoa.train_config import load_pretrain_config
 
     assert load_pretrain_config(root / "pretrain_tiny.yaml").mask_ratio == 0.75
-    for name in ("train_small.yaml", "train_small_guided.yaml", "finetune_small_guided.yaml"):
+    for name in ("train_small.yaml", "train_small_guided.yaml", "finetune_small_guided.yaml", "finetune_small_focus.yaml"):
         small = load_train_config(root / name, {"backbone": None, "init": None})
         assert small.model == "small" and small.tasks == ["vif", "mef", "mff"] and small.crop % 112 == 0
         assert all("dev" not in str(e.path) and "VIFB" not in str(e.path) for t in small.tasks for e in small.data[t])
@@ -287,3 +287,30 @@ def test_init_starts_from_saved_weights_and_backbone_wins(workspace, tmp_path):
     for name, value in start.state_dict().items():
         expected = backbone[name] if name in backbone else value
         assert torch.equal(exported[name], expected), name
+
+
+def test_focus_target_pulls_the_mff_prompts_towards_the_sharper_source(workspace, tmp_path):
+    """focus_shares says which source is sharp per token; with focus_target the MFF step adds the
+    mean squared gap between the model's token shares and those, and training narrows it."""
+    from scipy import ndimage
+
+    from tcmoa.guided import focus_shares
+
+    rng = np.random.default_rng(4)
+    sharp = rng.random((64, 64))
+    blurred = ndimage.gaussian_filter(sharp, 3.0)
+    left_sharp = np.concatenate([sharp[:, :32], blurred[:, 32:]], axis=1)  # A sharp on the left only
+    right_sharp = np.concatenate([blurred[:, :32], sharp[:, 32:]], axis=1)
+    as_batch = lambda x: torch.tensor(x, dtype=torch.float32).expand(1, 3, -1, -1)
+    share = focus_shares(as_batch(left_sharp), as_batch(right_sharp), (8, 8))[0, 0]
+    assert share.shape == (8, 8)
+    assert (share[:, :3] > 0.9).all() and (share[:, 5:] < 0.1).all()
+    np.testing.assert_allclose(focus_shares(as_batch(sharp), as_batch(sharp), (4, 4)).numpy(), 0.5, atol=1e-6)
+
+    config = _config(workspace, tmp_path / "run", focus_target=100.0, lr=1e-3, min_lr=1e-3, warmup_epochs=0,
+                     epochs=100, iters_per_epoch=10, max_steps=8, crop_scales={"mff": [1.0, 1.0]}, flip=False,
+                     data={"mff": [{"synthetic": str(workspace / "photos"), "count": 1}]})
+    train(config, progress=False)
+    gaps = [r["mff/focus_target_loss"] for r in _losses(tmp_path / "run")]
+    assert len(gaps) == 8 and all(np.isfinite(gaps))
+    assert np.mean(gaps[-3:]) < np.mean(gaps[:3]), gaps
