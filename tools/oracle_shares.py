@@ -18,17 +18,10 @@ import sys
 import numpy as np
 from scipy import ndimage
 
-from pipeline.evaluation import Method, run_evaluation
-from tcmoa.baselines import get_baseline
 from tcmoa.interface import as_nhwc
 from tcmoa.pyramid import rgb_to_ycbcr, select, ycbcr_to_rgb
+from training_splits import score
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SPLITS = {
-    "mff": (DATA / "mff/MFIFB-train/A", DATA / "mff/MFIFB-train/B", "mefb", "Qabf,Qcb,NMI"),
-    "vif": (DATA / "vif/RoadScene/vi", DATA / "vif/RoadScene/ir", "vifb", "Qabf,Qcb,VIFF,SSIM"),
-    "mef": (DATA / "mef/MEFB-train/over", DATA / "mef/MEFB-train/under", "mefb", "MEF_SSIM,Qabf,Qcb"),
-}
 TOKEN = 8
 LEVELS = 4
 
@@ -81,15 +74,12 @@ class OracleShares:
 
 
 def main() -> None:
+    from pipeline.evaluation import Method
+
     limit = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    for task, (a_dir, b_dir, preset, metrics) in SPLITS.items():
-        methods = [Method("oracle_soft", fuser=OracleShares()), Method("oracle_soft2", fuser=OracleShares(power=2.0)),
-                   Method("oracle_hard", fuser=OracleShares(hard=True))]
-        methods += [Method(name, fuser=get_baseline(name)) for name in ("laplacian", "mertens")]
-        result = run_evaluation(a_dir, b_dir, methods, pathlib.Path("runs/oracle_shares") / task, preset=preset,
-                                metrics=metrics, task=task, jobs=1, limit=limit, size_mismatch="resize",
-                                progress=lambda it, total: it)
-        print(f"== {task}\n{result.means.to_string()}", flush=True)
+    score(lambda task: [Method("oracle_soft", fuser=OracleShares()), Method("oracle_soft2", fuser=OracleShares(power=2.0)),
+                        Method("oracle_hard", fuser=OracleShares(hard=True))],
+          pathlib.Path("runs/oracle_shares"), limit)
 
 
 if __name__ == "__main__":
