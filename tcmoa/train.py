@@ -46,7 +46,7 @@ from tcmoa.train_config import DataEntry, TrainConfig
 # Config fields that define a run: a resume must not change them.
 _RUN_DEFINING = ("model", "backbone", "init", "seed", "crop", "crop_scales", "flip", "batch_size", "epochs",
                  "iters_per_epoch", "warmup_epochs", "lr", "min_lr", "weight_decay", "betas", "clip_grad",
-                 "ema_decay", "guided_loss", "focus_target", "data")
+                 "ema_decay", "guided_loss", "focus_target", "reference_loss", "data")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def _load_init(model: TCMoA, path: pathlib.Path, require_backbone: bool) -> None
 
 
 # Run-defining fields added later, with the value that runs saved before them had.
-_ADDED_DEFAULTS = {"guided_loss": 0.0, "focus_target": 0.0}
+_ADDED_DEFAULTS = {"guided_loss": 0.0, "focus_target": 0.0, "reference_loss": 1.0}
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -252,6 +252,7 @@ class _Trainer:
             out = net(a, b, task)
         fused01 = decode_to_image01(out.pred, tuple(a.shape[-2:]))
         terms = task_loss(task, fused01, a01, b01, out, epoch, self.config.warmup_epochs)
+        terms["loss"] = self.config.reference_loss * terms["loss"]
         if self.config.guided_loss:
             guided01 = guided_training_image(a01, b01, prompt_share(out, tuple(a.shape[-2:])))
             terms["guided_loss"] = task_loss(task, guided01, a01, b01, out, epoch, self.config.warmup_epochs)["loss"]

@@ -60,6 +60,9 @@ class TrainConfig:
     # Weight of the task's loss on the prompt-guided output (tcmoa.guided), added to the reference
     # loss on the decoder output: a direct signal for the prompts. 0: the reference recipe.
     guided_loss: float = 0.0
+    # Weight of the reference losses on the decoder output (1: the reference recipe). 0 trains by
+    # the other terms alone: guided_loss, or focus_target for a config with only the mff task.
+    reference_loss: float = 1.0
     # Weight of a target for the MFF prompts: the mean squared difference between the model's
     # per-token share of source A and A's share of the gradient energy in that token (the sharper
     # source, tcmoa.guided.focus_shares). 0: off.
@@ -309,6 +312,14 @@ def parse_train_config(document: Mapping[str, Any], base: pathlib.Path, where: s
                 problems.append(f"crop: {values['crop']} must be a multiple of {multiple} (the model's tile side)")
         except (ValueError, TypeError):
             pass
+    for name in ("guided_loss", "focus_target", "reference_loss"):
+        if values.get(name, 0) < 0:
+            problems.append(f"{name}: must be >= 0, got {values[name]}")
+    if values.get("reference_loss", 1.0) == 0 and not values.get("guided_loss"):
+        tasks = set(values.get("data", {}))
+        if not (values.get("focus_target") and tasks == {"mff"}):
+            problems.append("reference_loss: 0 leaves no loss: give guided_loss > 0, or focus_target > 0 with "
+                            "only the mff task in data")
     if values.get("warmup_epochs", 2) >= values.get("epochs", 20) and values.get("warmup_epochs", 2) > 0:
         problems.append("warmup_epochs: must be smaller than epochs")
     for name in ("backbone", "init"):

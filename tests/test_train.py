@@ -314,3 +314,15 @@ def test_focus_target_pulls_the_mff_prompts_towards_the_sharper_source(workspace
     gaps = [r["mff/focus_target_loss"] for r in _losses(tmp_path / "run")]
     assert len(gaps) == 8 and all(np.isfinite(gaps))
     assert np.mean(gaps[-3:]) < np.mean(gaps[:3]), gaps
+
+
+def test_reference_loss_weight_and_a_run_on_the_focus_target_alone(workspace, tmp_path):
+    from tcmoa.train_config import ConfigError
+
+    with pytest.raises(ConfigError, match="reference_loss: 0 leaves no loss"):
+        _config(workspace, tmp_path / "none", reference_loss=0.0)
+    config = _config(workspace, tmp_path / "run", reference_loss=0.0, focus_target=1.0, max_steps=2,
+                     data={"mff": [{"synthetic": str(workspace / "photos"), "count": 1}]})
+    train(config, progress=False)
+    for record in _losses(tmp_path / "run"):  # the step's loss is the focus term alone
+        assert record["mff/loss"] == pytest.approx(record["mff/focus_target_loss"], rel=1e-6)
