@@ -305,17 +305,14 @@ def staged(paths: dict[str, Location], uploaded: list | None = None) -> Iterator
         local = {k: (pathlib.Path(tmp) / p.name if isinstance(p, ObjectPath) else p) for k, p in paths.items()}
         yield local
         for key, dst in remote.items():
-            if local[key].is_file():
-                upload(local[key], dst)
-            elif local[key].is_dir():  # a store (OME-Zarr): its objects, the metadata last
+            if local[key].is_dir():  # a store (OME-Zarr): its objects, the metadata last
                 if uploaded is not None:
                     uploaded.append(dst)  # listed first: a failure part-way removes what was put
                 copy_tree(local[key], dst)
-                continue
-            else:
-                continue
-            if uploaded is not None:
-                uploaded.append(dst)
+            elif local[key].is_file():
+                upload(local[key], dst)
+                if uploaded is not None:
+                    uploaded.append(dst)
 
 
 # ----------------------------------------------------------------------------- run-directory backends

@@ -38,6 +38,8 @@ def resolve_reconstruction(requested: str, weights_info: dict[str, Any] | None) 
         return requested
     recommended = (weights_info or {}).get("reconstruction")
     return recommended if recommended in ("decoder", "guided") else "decoder"
+
+
 # The shipped default weights (docs/model-card.md); without the file "default" is an untrained model.
 DEFAULT_WEIGHTS = pathlib.Path(__file__).parent / "weights" / "tcmoa-default.safetensors"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -379,27 +379,25 @@ def export_latest(run_dir: "str | pathlib.Path", output: "str | pathlib.Path",
     `notes` go into the file's provenance (e.g. the recommended reconstruction mode).
     Returns what was exported (source, step, output, sha256, bytes)."""
     run_dir = pathlib.Path(run_dir)
-    if run_dir.is_file():  # a weights file itself (re-stored, e.g. with a recommended reconstruction)
-        model, meta = load_model(run_dir)
-        provenance = {**meta["provenance"], "source_sha256": meta["sha256"],
-                      "stored_as": str(dtype or torch.float32).replace("torch.", ""), **(notes or {})}
-        sha = save_model(model, output, provenance, dtype=dtype)
-        return {"source": str(run_dir), "step": int(meta["provenance"].get("trained_steps", 0)), "output": str(output),
-                "sha256": sha, "bytes": pathlib.Path(output).stat().st_size}
-    candidates = []  # (step, preference, file): the newest wins, final.safetensors on a tie
-    latest = CheckpointStore(run_dir / "checkpoints", keep=0).latest_weights()
-    if latest is not None:
-        candidates.append((latest[0], 0, latest[1]))
-    final = run_dir / "final.safetensors"
-    if final.is_file():
-        candidates.append((int(read_metadata(final)["provenance"].get("trained_steps", 0)), 1, final))
-    if not candidates:
-        raise RunStateError(f"{run_dir}: no checkpoint yet (no checkpoints/latest.json, no final.safetensors)")
-    step, _, source = max(candidates)
+    if run_dir.is_file():  # a weights file itself (stored again, e.g. with a recommended reconstruction)
+        source, step, origin = run_dir, None, {}
+    else:
+        candidates = []  # (step, preference, file): the newest wins, final.safetensors on a tie
+        latest = CheckpointStore(run_dir / "checkpoints", keep=0).latest_weights()
+        if latest is not None:
+            candidates.append((latest[0], 0, latest[1]))
+        final = run_dir / "final.safetensors"
+        if final.is_file():
+            candidates.append((int(read_metadata(final)["provenance"].get("trained_steps", 0)), 1, final))
+        if not candidates:
+            raise RunStateError(f"{run_dir}: no checkpoint yet (no checkpoints/latest.json, no final.safetensors)")
+        step, _, source = max(candidates)
+        origin = {"exported_from": f"{run_dir.name}/{source.relative_to(run_dir)}"}
     model, meta = load_model(source)
-    provenance = {**meta["provenance"], "exported_from": f"{run_dir.name}/{source.relative_to(run_dir)}",
-                  "source_sha256": meta["sha256"], "stored_as": str(dtype or torch.float32).replace("torch.", ""),
-                  **(notes or {})}
+    if step is None:
+        step = int(meta["provenance"].get("trained_steps", 0))
+    provenance = {**meta["provenance"], **origin, "source_sha256": meta["sha256"],
+                  "stored_as": str(dtype or torch.float32).replace("torch.", ""), **(notes or {})}
     sha = save_model(model, output, provenance, dtype=dtype)
     return {"source": str(source), "step": step, "output": str(output), "sha256": sha,
             "bytes": pathlib.Path(output).stat().st_size}

@@ -209,7 +209,8 @@ def _check_common(values: Mapping[str, Any], problems: list[str]) -> None:
     for name in ("batch_size", "epochs", "iters_per_epoch", "log_every", "checkpoint_every", "keep_checkpoints",
                  "max_steps", "threads", "crop", "image_size", "lr", "base_lr", "clip_grad"):
         positive(name)
-    for name in ("warmup_epochs", "num_workers", "min_lr", "weight_decay", "sample_every"):
+    for name in ("warmup_epochs", "num_workers", "min_lr", "weight_decay", "sample_every", "guided_loss",
+                 "focus_target", "reference_loss"):
         positive(name, allow_zero=True)
     if values.get("precision", "auto") not in PRECISIONS:
         problems.append(f"precision: must be one of {PRECISIONS}, got {values['precision']!r}")
@@ -312,9 +313,6 @@ def parse_train_config(document: Mapping[str, Any], base: pathlib.Path, where: s
                 problems.append(f"crop: {values['crop']} must be a multiple of {multiple} (the model's tile side)")
         except (ValueError, TypeError):
             pass
-    for name in ("guided_loss", "focus_target", "reference_loss"):
-        if values.get(name, 0) < 0:
-            problems.append(f"{name}: must be >= 0, got {values[name]}")
     if values.get("reference_loss", 1.0) == 0 and not values.get("guided_loss"):
         tasks = set(values.get("data", {}))
         if not (values.get("focus_target") and tasks == {"mff"}):
