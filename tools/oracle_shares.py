@@ -3,7 +3,7 @@
 Each source's share per 8 x 8 pixel token (the model's token) is its share of the luminance
 gradient energy (Gaussian derivative, sigma 1) in that token: `soft` as is, `soft2` with the
 energies squared, `hard` 0 or 1. The shares are bilinearly upsampled and fed to
-tcmoa.pyramid.select, the rule of the guided mode (grey + colour pairs in luminance, as there).
+tcmoa.guided.guided_fusion, the guided mode's own selection (grey + colour pairs in luminance).
 Scored beside the Laplacian and Mertens baselines on the first N pairs of each *training* split
 (MFIFB-train, RoadScene, MEFB-train) with each task's headline metrics: what a model whose prompts
 had learnt such shares could reach, task by task.
@@ -18,12 +18,11 @@ import sys
 import numpy as np
 from scipy import ndimage
 
+from tcmoa.guided import guided_fusion
 from tcmoa.interface import as_nhwc
-from tcmoa.pyramid import rgb_to_ycbcr, select, ycbcr_to_rgb
 from training_splits import score
 
 TOKEN = 8
-LEVELS = 4
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -61,16 +60,8 @@ class OracleShares:
         return np.pad(upsampled, ((0, h - upsampled.shape[0]), (0, w - upsampled.shape[1])), mode="edge")
 
     def fuse(self, a, b, task: str = "vif") -> np.ndarray:
-        a, b = (as_nhwc(x).astype(np.float64) for x in (a, b))
-        weight = self.share_of_a(a[0], b[0])[None, ..., None]
-        if a.shape[-1] == b.shape[-1]:
-            fused = select(a, b, weight, LEVELS)
-        else:  # grey + colour: select in luminance, the colour source's chroma kept
-            colour, grey, colour_first = (a, b, True) if a.shape[-1] == 3 else (b, a, False)
-            ycc = rgb_to_ycbcr(colour)
-            y = select(ycc[..., :1], grey, weight, LEVELS) if colour_first else select(grey, ycc[..., :1], weight, LEVELS)
-            fused = ycbcr_to_rgb(np.concatenate([y, ycc[..., 1:]], axis=-1))
-        return np.clip(fused[0], 0, 1).astype(np.float32)
+        a, b = (as_nhwc(x) for x in (a, b))
+        return guided_fusion(a, b, self.share_of_a(a[0], b[0])[None])[0]  # the guided mode's own rule
 
 
 def main() -> None:
