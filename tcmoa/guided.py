@@ -40,22 +40,45 @@ def prompt_share(out, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(token_share(out), size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def focus_shares(a01: torch.Tensor, b01: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, h, w): source A's share of the luminance gradient energy (Sobel, squared) in each cell
-    of a `grid` over (B, 3, H, W) sources in [0, 1]: which source is in focus where, token by token
-    (the target `focus_target` trains the MFF prompts towards; tools/oracle_shares.py measured
-    what the guided selection reaches with such shares)."""
+def token_energies(a01: torch.Tensor, b01: torch.Tensor, grid: tuple[int, int],
+                    relative: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each source's mean squared luminance gradient (Sobel) per cell of a `grid` over (B, 3, H, W)
+    sources in [0, 1], divided by (the cell's mean luminance + 0.05) ** relative: two (B, 1, h, w)
+    maps. relative = 0: plain gradient energy; > 0: energy relative to brightness (Weber-like),
+    which credits an under-exposed source with the detail it has in its dark regions."""
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=a01.dtype, device=a01.device).view(1, 3, 1, 1)
     sobel_x = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=a01.dtype, device=a01.device)
     kernels = torch.stack([sobel_x, sobel_x.T]).unsqueeze(1)  # (2, 1, 3, 3)
 
     def energy(x: torch.Tensor) -> torch.Tensor:
-        grey = F.pad((x * weights).sum(1, keepdim=True), (1, 1, 1, 1), mode="replicate")
-        gradient = F.conv2d(grey, kernels)
-        return F.adaptive_avg_pool2d((gradient ** 2).sum(1, keepdim=True), grid)
+        luma = (x * weights).sum(1, keepdim=True)
+        gradient = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), kernels)
+        cell_energy = F.adaptive_avg_pool2d((gradient ** 2).sum(1, keepdim=True), grid)
+        if relative:
+            cell_energy = cell_energy / (F.adaptive_avg_pool2d(luma, grid) + 0.05) ** relative
+        return cell_energy
 
-    ea, eb = energy(a01), energy(b01)
+    return energy(a01), energy(b01)
+
+
+def focus_shares(a01: torch.Tensor, b01: torch.Tensor, grid: tuple[int, int], relative: float = 0.0) -> torch.Tensor:
+    """(B, 1, h, w): source A's share of the luminance gradient energy (`token_energies`) in each
+    cell of a `grid`: which source carries the detail where, token by token (the target
+    `focus_target` trains the prompts towards; tools/oracle_shares.py measured what the guided
+    selection reaches with such shares)."""
+    ea, eb = token_energies(a01, b01, grid, relative)
     return ea / (ea + eb).clamp_min(1e-12)
+
+
+def focus_target_loss(share: torch.Tensor, a01: torch.Tensor, b01: torch.Tensor, relative: float = 0.0) -> torch.Tensor:
+    """Mean squared gap between token shares (B, 1, h, w) and `focus_shares`, each token weighted
+    by e / (e + mean e), e its total gradient energy: where neither source has detail the target is
+    a ratio of noise and the share hardly matters to the output, so such tokens count little."""
+    ea, eb = token_energies(a01, b01, tuple(share.shape[-2:]), relative)
+    total = ea + eb
+    target = ea / total.clamp_min(1e-12)
+    weight = total / (total + total.mean(dim=(2, 3), keepdim=True)).clamp_min(1e-12)
+    return (weight * (share - target) ** 2).sum() / weight.sum().clamp_min(1e-12)
 
 
 def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Tensor) -> torch.Tensor:

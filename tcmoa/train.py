@@ -27,26 +27,25 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from PIL import Image
 
 from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, read_metadata, save_model
 from tcmoa.config import get_config, task_index
 from tcmoa.devices import autocast_dtype, resolve_device, resolve_precision
 from tcmoa.data import ConcatPairs, PairFolder, PairSource, PairStream, PairTransform, stream_loader
-from tcmoa.guided import focus_shares, guided_training_image, prompt_share, token_share
+from tcmoa.guided import focus_target_loss, guided_training_image, prompt_share, token_share
 from tcmoa.losses import task_loss
 from tcmoa.model import TCMoA, decode_to_image01
 from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write,
                              distributed, gather, parameter_groups, record_config, rng_state, seed_rank,
                              set_rng_state, tensors_digest, warmup_cosine_lr)
 from tcmoa.synth import SyntheticPairs, folder_photos, skimage_photos
-from tcmoa.train_config import DataEntry, TrainConfig
+from tcmoa.train_config import DataEntry, TrainConfig, focus_target_weights
 
 # Config fields that define a run: a resume must not change them.
 _RUN_DEFINING = ("model", "backbone", "init", "seed", "crop", "crop_scales", "flip", "batch_size", "epochs",
                  "iters_per_epoch", "warmup_epochs", "lr", "min_lr", "weight_decay", "betas", "clip_grad",
-                 "ema_decay", "guided_loss", "focus_target", "reference_loss", "data")
+                 "ema_decay", "guided_loss", "focus_target", "focus_relative", "reference_loss", "data")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -125,11 +124,12 @@ def _load_init(model: TCMoA, path: pathlib.Path, require_backbone: bool) -> None
 
 
 # Run-defining fields added later, with the value that runs saved before them had.
-_ADDED_DEFAULTS = {"guided_loss": 0.0, "focus_target": 0.0, "reference_loss": 1.0}
+_ADDED_DEFAULTS = {"guided_loss": 0.0, "focus_target": {}, "focus_relative": {}, "reference_loss": 1.0}
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     saved = {**_ADDED_DEFAULTS, **saved}
+    saved["focus_target"] = focus_target_weights(saved["focus_target"])  # runs saved with one MFF weight
     return [f"{k}: checkpoint {saved.get(k)!r} != now {current.get(k)!r}"
             for k in _RUN_DEFINING if saved.get(k) != current.get(k)]
 
@@ -257,11 +257,11 @@ class _Trainer:
             guided01 = guided_training_image(a01, b01, prompt_share(out, tuple(a.shape[-2:])))
             terms["guided_loss"] = task_loss(task, guided01, a01, b01, out, epoch, self.config.warmup_epochs)["loss"]
             terms["loss"] = terms["loss"] + self.config.guided_loss * terms["guided_loss"]
-        if self.config.focus_target and task == "mff":
-            share = token_share(out)
-            target = focus_shares(a01.float(), b01.float(), tuple(share.shape[-2:]))
-            terms["focus_target_loss"] = F.mse_loss(share, target)
-            terms["loss"] = terms["loss"] + self.config.focus_target * terms["focus_target_loss"]
+        focus_weight = self.config.focus_target.get(task, 0.0)
+        if focus_weight:
+            relative = self.config.focus_relative.get(task, 0.0)
+            terms["focus_target_loss"] = focus_target_loss(token_share(out), a01.float(), b01.float(), relative)
+            terms["loss"] = terms["loss"] + focus_weight * terms["focus_target_loss"]
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}, task {task}: the loss is {float(loss)}; "

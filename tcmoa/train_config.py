@@ -61,12 +61,16 @@ class TrainConfig:
     # loss on the decoder output: a direct signal for the prompts. 0: the reference recipe.
     guided_loss: float = 0.0
     # Weight of the reference losses on the decoder output (1: the reference recipe). 0 trains by
-    # the other terms alone: guided_loss, or focus_target for a config with only the mff task.
+    # the other terms alone: guided_loss, or a focus_target weight for every task in data.
     reference_loss: float = 1.0
-    # Weight of a target for the MFF prompts: the mean squared difference between the model's
-    # per-token share of source A and A's share of the gradient energy in that token (the sharper
-    # source, tcmoa.guided.focus_shares). 0: off.
-    focus_target: float = 0.0
+    # Weight per task of a target for the prompts: the (energy-weighted) mean squared difference
+    # between the model's per-token share of source A and A's share of the gradient energy in that
+    # token (the source that carries the detail, tcmoa.guided.focus_target_loss). A number is the
+    # weight for mff alone (the first form of this field); {}: off.
+    focus_target: Mapping[str, float] = field(default_factory=dict)
+    # Per task: the focus target's energies divided by (the token's mean luminance + 0.05) ** r,
+    # detail relative to brightness (tcmoa.guided.token_energies); absent or 0: plain energy.
+    focus_relative: Mapping[str, float] = field(default_factory=dict)
     precision: str = "auto"  # auto: bf16 where the device computes it natively (tcmoa.devices)
     device: str = "auto"
     num_workers: int = 2  # data loader processes per task
@@ -210,7 +214,7 @@ def _check_common(values: Mapping[str, Any], problems: list[str]) -> None:
                  "max_steps", "threads", "crop", "image_size", "lr", "base_lr", "clip_grad"):
         positive(name)
     for name in ("warmup_epochs", "num_workers", "min_lr", "weight_decay", "sample_every", "guided_loss",
-                 "focus_target", "reference_loss"):
+                 "reference_loss"):
         positive(name, allow_zero=True)
     if values.get("precision", "auto") not in PRECISIONS:
         problems.append(f"precision: must be one of {PRECISIONS}, got {values['precision']!r}")
@@ -290,6 +294,33 @@ def _parse_scales(document: Any, problems: list[str]) -> dict[str, tuple[float, 
     return scales
 
 
+def focus_target_weights(value: Any) -> dict[str, float]:
+    """`focus_target` as task -> weight: a number is the MFF weight (0: none); zero weights dropped."""
+    if isinstance(value, Mapping):
+        return {task: float(weight) for task, weight in value.items() if weight}
+    return {"mff": float(value)} if value else {}
+
+
+def _parse_task_numbers(name: str, document: Any, problems: list[str]) -> dict[str, float]:
+    """A mapping task -> number >= 0 (focus_target, focus_relative); zeros dropped."""
+    if not isinstance(document, Mapping):
+        problems.append(f"{name}: expected a mapping task -> number")
+        return {}
+    numbers = {}
+    for task, value in document.items():
+        if task not in TASKS:
+            problems.append(f"{name}: unknown task {task!r}")
+            continue
+        try:
+            numbers[task] = _check_scalar(float, value)
+        except TypeError as exc:
+            problems.append(f"{name}.{task}: {exc}")
+            continue
+        if numbers[task] < 0:
+            problems.append(f"{name}.{task}: must be >= 0, got {numbers[task]}")
+    return focus_target_weights(numbers)
+
+
 def _raise(problems: list[str], where: str) -> None:
     if problems:
         raise ConfigError(f"{where}: invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n  - "
@@ -300,11 +331,18 @@ def parse_train_config(document: Mapping[str, Any], base: pathlib.Path, where: s
                        overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     document = {**document, **(overrides or {})}
     problems: list[str] = []
-    values = _parse_fields(TrainConfig, document, base, problems, special={"data": None, "crop_scales": None})
+    values = _parse_fields(TrainConfig, document, base, problems,
+                           special={"data": None, "crop_scales": None, "focus_target": None, "focus_relative": None})
     if "data" in document:
         values["data"] = _parse_data(document["data"], base, problems)
     if "crop_scales" in document:
         values["crop_scales"] = _parse_scales(document["crop_scales"], problems)
+    if "focus_target" in document:  # a number: the first form of the field, the MFF weight
+        target = document["focus_target"]
+        values["focus_target"] = _parse_task_numbers(
+            "focus_target", target if isinstance(target, Mapping) else {"mff": target}, problems)
+    if "focus_relative" in document:
+        values["focus_relative"] = _parse_task_numbers("focus_relative", document["focus_relative"], problems)
     _check_common(values, problems)
     if values.get("crop") is not None:
         try:
@@ -314,10 +352,10 @@ def parse_train_config(document: Mapping[str, Any], base: pathlib.Path, where: s
         except (ValueError, TypeError):
             pass
     if values.get("reference_loss", 1.0) == 0 and not values.get("guided_loss"):
-        tasks = set(values.get("data", {}))
-        if not (values.get("focus_target") and tasks == {"mff"}):
-            problems.append("reference_loss: 0 leaves no loss: give guided_loss > 0, or focus_target > 0 with "
-                            "only the mff task in data")
+        without = sorted(set(values.get("data", {})) - set(values.get("focus_target", {})))
+        if without:
+            problems.append(f"reference_loss: 0 leaves no loss for {', '.join(without)}: give guided_loss > 0, "
+                            "or a focus_target weight for every task in data")
     if values.get("warmup_epochs", 2) >= values.get("epochs", 20) and values.get("warmup_epochs", 2) > 0:
         problems.append("warmup_epochs: must be smaller than epochs")
     for name in ("backbone", "init"):
