@@ -4,14 +4,17 @@ The TC-MoA prompts say, per token, how much of each source the model keeps (p_A,
 source A's share w = p_A / (p_A + p_B), smoothly (bilinearly) upsampled to pixels, weights a
 choose-max over the sources' Laplacian pyramids (`tcmoa.pyramid.select`): at each detail level a
 pixel takes A's band-pass coefficient where w |dA| >= (1 - w) |dB|, else B's; the base level is
-mixed w A + (1 - w) B. Why a weighted selection rather than a weighted average of the bands: the
-prompts live on 8 x 8-pixel tokens, and averaging the detail of both sources inside a token
-halves every edge that only one source has (the pixel average's loss on Qabf/Qcb), whereas the
-selection keeps each edge at full strength and lets the prompts decide between competing ones and
-set the base (exposure, thermal contrast). With w = 0.5 everywhere it is exactly the classical
-Laplacian-pyramid fusion (`baseline:laplacian`); where w is 1 (or 0) over a region, the output
-there is source A (or B) exactly: radiometry and sharpness kept, no detail invented. Grey + colour
-pairs are fused in luminance (Y of BT.601 YCbCr) and keep the colour source's chroma (Cb, Cr).
+mixed by w as a multiresolution spline wherever the sources' bases differ (so shares that change
+from region to region set the exposure / thermal contrast without drawing steps or halos) and
+directly where they agree (so a background the sources share stays exactly as it is). Why a
+weighted selection rather than a weighted average of the bands: the prompts live on 8 x 8-pixel
+tokens, and averaging the detail of both sources inside a token halves every edge that only one
+source has (the pixel average's loss on Qabf/Qcb), whereas the selection keeps each edge at full
+strength and lets the prompts decide between competing ones. With w = 0.5 everywhere it is
+exactly the classical Laplacian-pyramid fusion (`baseline:laplacian`); with w = 1 (or 0)
+everywhere, source A (or B) exactly; where w is 1 over a region, that region gets A's detail levels
+exactly and A's pixels up to the spline's lowest frequencies: sharpness kept, no detail invented.
+Grey + colour pairs are fused in luminance (Y of BT.601 YCbCr) and keep the colour source's chroma.
 """
 from __future__ import annotations
 

@@ -89,16 +89,35 @@ def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> n
     """Weighted choose-max over Laplacian pyramids of a and b (N, H, W, C): at each detail level a
     pixel takes all its channels from A where w |dA| >= (1 - w) |dB| (|.| summed over channels),
     w being that level of the Gaussian pyramid of A's weight (N, H, W, 1) in [0, 1]; the base level
-    is mixed, w A + (1 - w) B. With w = 0.5 this is the classical Laplacian-pyramid fusion (max-abs
-    details, averaged base); with w = 1 (or 0) over a region, the result there is A (or B)."""
+    is mixed by w as a spline that keeps agreeing regions (`_spline_base`). With w = 0.5 this is the
+    classical Laplacian-pyramid fusion (max-abs details, averaged base); with w = 1 (or 0)
+    everywhere, the result is A (or B); over a region, A's details there and its pixels up to the
+    lowest frequencies of the spline."""
     weights = gaussian_pyramid(weight_a, levels)
     la, lb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
     fused = []
     for w, da, db in zip(weights[:-1], la[:-1], lb[:-1]):
         take_a = w * np.abs(da).sum(axis=-1, keepdims=True) >= (1 - w) * np.abs(db).sum(axis=-1, keepdims=True)
         fused.append(np.where(take_a, da, db))
-    fused.append(weights[-1] * la[-1] + (1 - weights[-1]) * lb[-1])
+    fused.append(_spline_base(la[-1], lb[-1], weights[-1]))
     return collapse(fused)
+
+
+# Where the sources' bases differ by this much (summed over channels), the base is mostly the spline.
+_AGREEMENT_SCALE = 0.02
+
+
+def _spline_base(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The base level of select(): the directly mixed base w a + (1 - w) b, corrected towards a
+    full-depth multiresolution spline of a and b (`blend`) in proportion d / (d + 0.02), d = |a - b|
+    summed over channels. The spline keeps weights that change between regions from drawing steps
+    and halos where the sources' brightness differs (an exposure bracket); the proportion keeps
+    regions where the sources agree (a background black in both) exactly as they are, which the
+    spline alone, sharing its coarsest bands over the whole image, would not."""
+    direct = w * a + (1 - w) * b
+    spline = blend(a, b, w, pyramid_levels(a.shape[1:3]))
+    d = np.abs(a - b).sum(axis=-1, keepdims=True)
+    return direct + (spline - direct) * d / (d + _AGREEMENT_SCALE)
 
 
 def is_grey(image: np.ndarray) -> bool:
@@ -107,7 +126,7 @@ def is_grey(image: np.ndarray) -> bool:
                                         and np.array_equal(image[..., 0], image[..., 2]))
 
 
-# --- the differentiable twin of blend(), for training the prompts through the guided output ---------
+# --- the differentiable twin of select(), for training the prompts through the guided output ---------
 def _symmetric_pad(x: "torch.Tensor", dim: int, width: int) -> "torch.Tensor":
     """scipy's 'reflect' (d c b a | a b c d) padding along dim of a torch tensor."""
     n = x.shape[dim]
@@ -146,7 +165,25 @@ def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor",
         take_a = torch.sigmoid((sa - sb) / scale)
         details.append(take_a * da + (1 - take_a) * db)
         ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
-    out = gw * ga + (1 - gw) * gb
+    out = _spline_base_t(ga, gb, gw)
+    return _collapse_t(out, details)
+
+
+def _collapse_t(base: "torch.Tensor", details: list) -> "torch.Tensor":
     for detail in reversed(details):
-        out = detail + _upsample_t(out, tuple(detail.shape[-2:]))
-    return out
+        base = detail + _upsample_t(base, tuple(detail.shape[-2:]))
+    return base
+
+
+def _spline_base_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor") -> "torch.Tensor":
+    """_spline_base() on (N, C, h, w) torch tensors."""
+    ga, gb, gw, bands = a, b, w, []
+    for _ in range(pyramid_levels(tuple(a.shape[-2:])) - 1):  # blend(), full depth
+        na, nb = _blur_t(ga)[:, :, ::2, ::2], _blur_t(gb)[:, :, ::2, ::2]
+        size = tuple(ga.shape[-2:])
+        bands.append(gw * (ga - _upsample_t(na, size)) + (1 - gw) * (gb - _upsample_t(nb, size)))
+        ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
+    spline = _collapse_t(gw * ga + (1 - gw) * gb, bands)
+    direct = w * a + (1 - w) * b
+    d = (a - b).abs().sum(1, keepdim=True)
+    return direct + (spline - direct) * d / (d + _AGREEMENT_SCALE)
