@@ -175,15 +175,20 @@ def _collapse_t(base: "torch.Tensor", details: list) -> "torch.Tensor":
     return base
 
 
-def _spline_base_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor") -> "torch.Tensor":
-    """_spline_base() on (N, C, h, w) torch tensors."""
-    ga, gb, gw, bands = a, b, w, []
-    for _ in range(pyramid_levels(tuple(a.shape[-2:])) - 1):  # blend(), full depth
+def _blend_t(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int) -> "torch.Tensor":
+    """blend() on (N, C, H, W) torch tensors."""
+    ga, gb, gw, bands = a, b, weight_a, []
+    for _ in range(levels - 1):
         na, nb = _blur_t(ga)[:, :, ::2, ::2], _blur_t(gb)[:, :, ::2, ::2]
         size = tuple(ga.shape[-2:])
         bands.append(gw * (ga - _upsample_t(na, size)) + (1 - gw) * (gb - _upsample_t(nb, size)))
         ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
-    spline = _collapse_t(gw * ga + (1 - gw) * gb, bands)
+    return _collapse_t(gw * ga + (1 - gw) * gb, bands)
+
+
+def _spline_base_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor") -> "torch.Tensor":
+    """_spline_base() on (N, C, h, w) torch tensors."""
     direct = w * a + (1 - w) * b
+    spline = _blend_t(a, b, w, pyramid_levels(tuple(a.shape[-2:])))
     d = (a - b).abs().sum(1, keepdim=True)
     return direct + (spline - direct) * d / (d + _AGREEMENT_SCALE)

@@ -318,7 +318,7 @@ def _parse_task_numbers(name: str, document: Any, problems: list[str]) -> dict[s
             continue
         if numbers[task] < 0:
             problems.append(f"{name}.{task}: must be >= 0, got {numbers[task]}")
-    return focus_target_weights(numbers)
+    return {task: value for task, value in numbers.items() if value}
 
 
 def _raise(problems: list[str], where: str) -> None:

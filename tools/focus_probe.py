@@ -68,8 +68,8 @@ def r2(pred: torch.Tensor, target: torch.Tensor) -> float:
     return 1 - float(((pred - target) ** 2).mean() / target.var())
 
 
-def fit(net: torch.nn.Module, predict, x: torch.Tensor, y: torch.Tensor) -> None:
-    optimiser = torch.optim.Adam(net.parameters(), 1e-3 if isinstance(net, torch.nn.Sequential) else 3e-3)
+def fit(net: torch.nn.Module, predict, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    optimiser = torch.optim.Adam(net.parameters(), lr)
     net.train()
     for _ in range(STEPS):
         pick = torch.randint(0, len(x), (BATCH,))
@@ -106,7 +106,7 @@ def main() -> None:
         logit = lambda s: torch.log(s.clamp(1e-4, 1 - 1e-4) / (1 - s).clamp(1e-4, 1 - 1e-4))
         mlp = torch.nn.Sequential(torch.nn.Linear(x_fit.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, 256),
                                   torch.nn.GELU(), torch.nn.Linear(256, 1))
-        fit(mlp, lambda x: mlp((x - mean) / std)[:, 0], x_fit, logit(s_fit))
+        fit(mlp, lambda x: mlp((x - mean) / std)[:, 0], x_fit, logit(s_fit), lr=1e-3)
         width = x_fit.shape[1] // 2
         module = TCMoAModule(width, model.config.num_tasks, model.config.num_experts, model.config.top_k)
 
@@ -114,7 +114,7 @@ def main() -> None:
             _, _, p_a, p_b, _ = module(x[None, :, :width], x[None, :, width:], route, PromptControl())
             return (p_a / (p_a + p_b))[0, :, 0]
 
-        fit(module, share_of_a, x_fit, s_fit)
+        fit(module, share_of_a, x_fit, s_fit, lr=3e-3)
         with torch.no_grad():
             mlp_test = r2(mlp((x_test - mean) / std)[:, 0], logit(s_test))
             module_fit, module_test = r2(share_of_a(x_fit), s_fit), r2(share_of_a(x_test), s_test)
