@@ -121,12 +121,15 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
 
     `forward[k]` is the row-major index of the k-th token in window order, so gathering with it
     does the roll by (-shift, -shift) and the window partition in one copy; `inverse` undoes both.
+    Built outside inference mode even when first asked for inside it: the cache outlives the call,
+    and an inference tensor would break a later training step on the same grid in this process.
     """
-    rows = (torch.arange(h) + shift) % h
-    cols = (torch.arange(w) + shift) % w
-    grid = rows[:, None] * w + cols[None, :]  # token at shifted position (i, j)
-    forward = grid.view(h // window, window, w // window, window).transpose(1, 2).reshape(-1)
-    return forward, torch.argsort(forward)
+    with torch.inference_mode(False):
+        rows = (torch.arange(h) + shift) % h
+        cols = (torch.arange(w) + shift) % w
+        grid = rows[:, None] * w + cols[None, :]  # token at shifted position (i, j)
+        forward = grid.view(h // window, window, w // window, window).transpose(1, 2).reshape(-1)
+        return forward, torch.argsort(forward)
 
 
 def to_windows(x: torch.Tensor, grid_hw: tuple[int, int], window: int, shift: int) -> torch.Tensor:

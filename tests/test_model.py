@@ -93,6 +93,19 @@ def test_windowed_block_matches_a_naive_per_window_implementation(shift):
     torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-5)
 
 
+def test_a_block_trains_on_a_grid_first_seen_under_inference_mode():
+    """The window permutations are cached per grid: fusing (inference mode) before training in the
+    same process, on the same grid, must not hand autograd an inference tensor."""
+    torch.manual_seed(0)
+    block, rel = Block(32, 4, 4.0), RelativePositionBias(14, 4)
+    grid = (14, 70)  # a grid no other test uses, so the cache is cold here
+    x = torch.randn(1, grid[0] * grid[1], 32)
+    with torch.inference_mode():
+        block(x, grid, rel(), 14, 7)
+    block(x.clone().requires_grad_(), grid, rel(), 14, 7).sum().backward()
+    assert block.mlp.fc1.weight.grad is not None
+
+
 def test_position_table_interpolation_is_identity_on_the_native_grid():
     table = sincos_pos_table(32, 14)
     torch.testing.assert_close(interpolate_pos_table(table, (14, 14))[0], table[0, 1:])
