@@ -10,7 +10,9 @@ directly where they agree (so a background the sources share stays exactly as it
 weighted selection rather than a weighted average of the bands: the prompts live on 8 x 8-pixel
 tokens, and averaging the detail of both sources inside a token halves every edge that only one
 source has (the pixel average's loss on Qabf/Qcb), whereas the selection keeps each edge at full
-strength and lets the prompts decide between competing ones. With w = 0.5 everywhere it is
+strength and lets the prompts decide between competing ones. For multi-focus pairs a detail's
+magnitude is averaged over a small box first (`ACTIVITY_WINDOW`: focus is a property of a
+region). With w = 0.5 everywhere (and the per-pixel choice) it is
 exactly the classical Laplacian-pyramid fusion (`baseline:laplacian`); with w = 1 (or 0)
 everywhere, source A (or B) exactly; where w is 1 over a region, that region gets A's detail levels
 exactly and A's pixels up to the spline's lowest frequencies: sharpness kept, no detail invented.
@@ -22,11 +24,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tcmoa.config import TASKS
 from tcmoa.pyramid import is_grey, pyramid_levels, rgb_to_ycbcr, select, select_torch, ycbcr_to_rgb
 
 # Pyramid depth, as `baseline:laplacian`'s: the base level (1/8 scale) matches the token grid of the
 # prompts, and equal shares reproduce that baseline exactly.
 LEVELS = 4
+
+# Per task, the box (pixels of each detail level) over which a source's detail activity is averaged
+# before the selection (tcmoa.pyramid.select): focus is a property of a region, so for multi-focus
+# pairs the selection follows the sharper source region by region (area-based activity, as in
+# classical multi-focus fusion); visible-infrared and exposure pairs keep the per-pixel choice.
+# Chosen on MFIFB-train (docs/model-card.md), never the dev splits.
+ACTIVITY_WINDOW = {"vif": 1, "mef": 1, "mff": 7}
+
+
+def activity_window(route: torch.Tensor) -> int:
+    """The activity window of a router vector (num_tasks,): its dominant task's; a mix with no
+    single largest weight keeps the per-pixel choice."""
+    largest = torch.sort(route.float(), descending=True).values
+    if largest.numel() > 1 and bool(largest[0] == largest[1]):
+        return 1
+    return ACTIVITY_WINDOW[list(TASKS)[int(route.argmax())]]
 
 
 def token_share(out) -> torch.Tensor:
@@ -84,15 +103,18 @@ def focus_target_loss(share: torch.Tensor, a01: torch.Tensor, b01: torch.Tensor,
     return (weight * (share - target) ** 2).sum() / weight.sum().clamp_min(1e-12)
 
 
-def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Tensor,
+                          window: int = 1) -> torch.Tensor:
     """The guided output of (B, 3, H, W) RGB sources as training sees it: the soft, differentiable
     twin of guided_fusion's selection, on RGB (grey sources arrive repeated to 3 channels), so the
     task losses reach the prompts directly."""
-    return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS))
+    return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS), window=window)
 
 
-def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int | None = None) -> np.ndarray:
-    """Fuse sources (N, H, W, C) in [0, 1], C in {1, 3}, with A's per-pixel share (N, H, W).
+def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int | None = None,
+                  window: int = 1) -> np.ndarray:
+    """Fuse sources (N, H, W, C) in [0, 1], C in {1, 3}, with A's per-pixel share (N, H, W) and
+    the task's activity window (`ACTIVITY_WINDOW`).
 
     Per pair: both grey -> the grey blend; both colour -> RGB blended; grey + colour ->
     luminance blended, chroma of the colour source. A grey source may be stored as three equal
@@ -107,13 +129,13 @@ def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: in
         ai, bi, wi = a[i:i + 1], b[i:i + 1], weight_a[i:i + 1]
         grey_a, grey_b = is_grey(ai[0]), is_grey(bi[0])
         if grey_a and grey_b:
-            fused = select(ai[..., :1], bi[..., :1], wi, levels)
+            fused = select(ai[..., :1], bi[..., :1], wi, levels, window)
         elif not grey_a and not grey_b:
-            fused = select(ai, bi, wi, levels)
+            fused = select(ai, bi, wi, levels, window)
         else:
             colour = rgb_to_ycbcr(ai if grey_b else bi)
             y_a = ai[..., :1] if grey_a else colour[..., :1]
             y_b = bi[..., :1] if grey_b else colour[..., :1]
-            fused = ycbcr_to_rgb(np.concatenate([select(y_a, y_b, wi, levels), colour[..., 1:]], axis=-1))
+            fused = ycbcr_to_rgb(np.concatenate([select(y_a, y_b, wi, levels, window), colour[..., 1:]], axis=-1))
         out[i] = np.clip(fused[0], 0.0, 1.0)  # a grey result broadcasts over 3 output channels
     return out

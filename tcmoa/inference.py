@@ -17,7 +17,7 @@ import torch
 
 import tcmoa
 from tcmoa.devices import PRECISIONS, autocast_dtype, cpu_has_native_bf16, resolve_device, resolve_precision  # noqa: F401 (re-exported)
-from tcmoa.guided import guided_fusion, prompt_share
+from tcmoa.guided import activity_window, guided_fusion, prompt_share
 from tcmoa.interface import FusionResult, ModelInfo, RouterSpec, as_nhwc, check_pair, output_channels
 from tcmoa.model import TCMoA, decode_to_image01, normalize
 
@@ -136,7 +136,7 @@ class TCMoAFuser:
         if return_prompts or self.reconstruction == "guided":
             share = prompt_share(out, size)[:, 0, :h, :w].cpu().numpy()
         if self.reconstruction == "guided":
-            image = guided_fusion(a[:, :h, :w], b[:, :h, :w], share)
+            image = guided_fusion(a[:, :h, :w], b[:, :h, :w], share, window=activity_window(route))
         else:
             fused = decode_to_image01(out.pred, size, mode=self.downsample)[..., :h, :w]
             image = fused.permute(0, 2, 3, 1).float().cpu().numpy()

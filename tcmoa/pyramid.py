@@ -85,22 +85,31 @@ def blend(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> np
     return collapse([w * xa + (1 - w) * xb for w, xa, xb in zip(weights, la, lb)])
 
 
-def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> np.ndarray:
+def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, window: int = 1) -> np.ndarray:
     """Weighted choose-max over Laplacian pyramids of a and b (N, H, W, C): at each detail level a
-    pixel takes all its channels from A where w |dA| >= (1 - w) |dB| (|.| summed over channels),
-    w being that level of the Gaussian pyramid of A's weight (N, H, W, 1) in [0, 1]; the base level
-    is mixed by w as a spline that keeps agreeing regions (`_spline_base`). With w = 0.5 this is the
-    classical Laplacian-pyramid fusion (max-abs details, averaged base); with w = 1 (or 0)
-    everywhere, the result is A (or B); over a region, A's details there and its pixels up to the
-    lowest frequencies of the spline."""
+    pixel takes all its channels from A where w act(dA) >= (1 - w) act(dB), act(d) being |d| summed
+    over channels and averaged over a `window` x `window` box of that level (1: the pixel alone),
+    w that level of the Gaussian pyramid of A's weight (N, H, W, 1) in [0, 1]; the base level is
+    mixed by w as a spline that keeps agreeing regions (`_spline_base`). With w = 0.5 and window 1
+    this is the classical Laplacian-pyramid fusion (max-abs details, averaged base); with w = 1
+    (or 0) everywhere, the result is A (or B); over a region, A's details there and its pixels up
+    to the lowest frequencies of the spline. A window > 1 is the area-based activity of
+    multi-focus fusion: focus is a property of a region, so neighbouring coefficients follow one
+    source instead of flipping with noise and texture."""
     weights = gaussian_pyramid(weight_a, levels)
     la, lb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
     fused = []
     for w, da, db in zip(weights[:-1], la[:-1], lb[:-1]):
-        take_a = w * np.abs(da).sum(axis=-1, keepdims=True) >= (1 - w) * np.abs(db).sum(axis=-1, keepdims=True)
+        take_a = w * _activity(da, window) >= (1 - w) * _activity(db, window)
         fused.append(np.where(take_a, da, db))
     fused.append(_spline_base(la[-1], lb[-1], weights[-1]))
     return collapse(fused)
+
+
+def _activity(detail: np.ndarray, window: int) -> np.ndarray:
+    """|detail| summed over channels, box-averaged over window x window (edge-replicated borders)."""
+    act = np.abs(detail).sum(axis=-1, keepdims=True)
+    return act if window == 1 else ndimage.uniform_filter(act, (1, window, window, 1), mode="nearest")
 
 
 # Where the sources' bases differ by this much (summed over channels), the base is mostly the spline.
@@ -150,7 +159,7 @@ def _upsample_t(x: "torch.Tensor", shape: tuple[int, int]) -> "torch.Tensor":
 
 
 def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int,
-                 temperature: float = 0.05) -> "torch.Tensor":
+                 temperature: float = 0.05, window: int = 1) -> "torch.Tensor":
     """select() on (N, C, H, W) torch tensors with a soft, differentiable choice: the detail
     coefficients mixed by sigmoid((w|dA| - (1-w)|dB|) / (temperature * mean(w|dA| + (1-w)|dB|))),
     which tends to select()'s hard choice as the temperature goes to 0 (same kernel, borders and
@@ -160,13 +169,23 @@ def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor",
         na, nb = _blur_t(ga)[:, :, ::2, ::2], _blur_t(gb)[:, :, ::2, ::2]
         size = tuple(ga.shape[-2:])
         da, db = ga - _upsample_t(na, size), gb - _upsample_t(nb, size)
-        sa, sb = gw * da.abs().sum(1, keepdim=True), (1 - gw) * db.abs().sum(1, keepdim=True)
+        sa, sb = gw * _activity_t(da, window), (1 - gw) * _activity_t(db, window)
         scale = temperature * (sa + sb).detach().mean() + 1e-6
         take_a = torch.sigmoid((sa - sb) / scale)
         details.append(take_a * da + (1 - take_a) * db)
         ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
     out = _spline_base_t(ga, gb, gw)
     return _collapse_t(out, details)
+
+
+def _activity_t(detail: "torch.Tensor", window: int) -> "torch.Tensor":
+    """_activity() on (N, C, H, W) torch tensors."""
+    act = detail.abs().sum(1, keepdim=True)
+    if window == 1:
+        return act
+    half = window // 2
+    padded = torch.nn.functional.pad(act, (half, window - 1 - half, half, window - 1 - half), mode="replicate")
+    return torch.nn.functional.avg_pool2d(padded, window, stride=1)
 
 
 def _collapse_t(base: "torch.Tensor", details: list) -> "torch.Tensor":

@@ -29,11 +29,12 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from tcmoa.checkpoints import load_mae_weights, load_model, load_reference_checkpoint, read_metadata, save_model
+from tcmoa.checkpoints import (file_sha256, load_mae_weights, load_model, load_reference_checkpoint, read_metadata,
+                               save_model)
 from tcmoa.config import get_config, task_index
 from tcmoa.devices import autocast_dtype, resolve_device, resolve_precision
 from tcmoa.data import ConcatPairs, PairFolder, PairSource, PairStream, PairTransform, stream_loader
-from tcmoa.guided import focus_target_loss, guided_training_image, prompt_share, token_share
+from tcmoa.guided import ACTIVITY_WINDOW, focus_target_loss, guided_training_image, prompt_share, token_share
 from tcmoa.losses import task_loss
 from tcmoa.model import TCMoA, decode_to_image01
 from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write,
@@ -45,7 +46,8 @@ from tcmoa.train_config import DataEntry, TrainConfig, focus_target_weights
 # Config fields that define a run: a resume must not change them.
 _RUN_DEFINING = ("model", "backbone", "init", "seed", "crop", "crop_scales", "flip", "batch_size", "epochs",
                  "iters_per_epoch", "warmup_epochs", "lr", "min_lr", "weight_decay", "betas", "clip_grad",
-                 "ema_decay", "guided_loss", "focus_target", "focus_relative", "reference_loss", "data")
+                 "ema_decay", "guided_loss", "focus_target", "focus_relative", "reference_loss", "data",
+                 "anchor", "anchor_shares")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -111,20 +113,26 @@ class EMA:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+def _load_same_config(path: pathlib.Path, model: TCMoA) -> TCMoA:
+    """Our weights file as a model, refused unless its config is the run's (the name aside)."""
+    source, _ = load_model(path)
+    if source.config.to_dict() | {"name": ""} != model.config.to_dict() | {"name": ""}:
+        raise ValueError(f"{path}: its model config ({source.config.name}) differs from the run's "
+                         f"({model.config.name})")
+    return source
+
+
 def _load_init(model: TCMoA, path: pathlib.Path, require_backbone: bool) -> None:
     """Start from earlier weights: ours (.safetensors) or a released TC-MoA checkpoint."""
     if path.suffix == ".safetensors":
-        source, _ = load_model(path)
-        if source.config.to_dict() | {"name": ""} != model.config.to_dict() | {"name": ""}:
-            raise ValueError(f"{path}: its model config ({source.config.name}) differs from the run's "
-                             f"({model.config.name})")
-        model.load_state_dict(source.state_dict())
+        model.load_state_dict(_load_same_config(path, model).state_dict())
     else:
         load_reference_checkpoint(model, path, require_backbone=require_backbone)
 
 
 # Run-defining fields added later, with the value that runs saved before them had.
-_ADDED_DEFAULTS = {"guided_loss": 0.0, "focus_target": {}, "focus_relative": {}, "reference_loss": 1.0}
+_ADDED_DEFAULTS = {"guided_loss": 0.0, "focus_target": {}, "focus_relative": {}, "reference_loss": 1.0,
+                   "anchor": None, "anchor_shares": {}}
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -175,8 +183,16 @@ class _Trainer:
         if config.backbone is not None:  # an explicit backbone wins over the one in `init`
             load_mae_weights(model, config.backbone)
         self.model = model.to(self.device).train()
+        # A frozen copy whose prompt shares the tasks in anchor_shares are held to.
+        self.anchor = None
+        if config.anchor_shares:
+            self.anchor = _load_same_config(config.anchor, model).to(self.device).eval().requires_grad_(False)
         self.trainable = self.model.trainable_parameters()
         self.backbone_sha = tensors_digest(self.model, self.model.backbone_state_names())
+        # Where the weights came from, for the exported files' provenance.
+        sources = {"init": config.init, "anchor": config.anchor if config.anchor_shares else None}
+        self.lineage = {name: {"file": f"{path.parent.name}/{path.name}", "sha256": file_sha256(path)}
+                        for name, path in sources.items() if path}
 
         self.sources = {t: build_pair_source(t, config.data[t], config.seed) for t in config.tasks}
         self.transforms = {t: PairTransform(config.crop, config.crop_scales[t], config.flip) for t in config.tasks}
@@ -230,9 +246,11 @@ class _Trainer:
         return int(state["step"])
 
     def _export(self, path: pathlib.Path, step: int) -> None:
+        backbone = (str(self.config.backbone) if self.config.backbone
+                    else "from init" if self.config.init else "random")
         provenance = {"trained_steps": step, "total_steps": self.total_steps, "ema": bool(self.ema),
-                      "backbone": str(self.config.backbone) if self.config.backbone else "random",
-                      "backbone_sha256": self.backbone_sha, "tasks": self.config.tasks, "seed": self.config.seed}
+                      "backbone": backbone, "backbone_sha256": self.backbone_sha, **self.lineage,
+                      "tasks": self.config.tasks, "seed": self.config.seed}
         with self.ema.applied(self.model) if self.ema else contextlib.nullcontext():
             save_model(self.model, path, provenance=provenance)
 
@@ -254,7 +272,8 @@ class _Trainer:
         terms = task_loss(task, fused01, a01, b01, out, epoch, self.config.warmup_epochs)
         terms["loss"] = self.config.reference_loss * terms["loss"]
         if self.config.guided_loss:
-            guided01 = guided_training_image(a01, b01, prompt_share(out, tuple(a.shape[-2:])))
+            share = prompt_share(out, tuple(a.shape[-2:]))
+            guided01 = guided_training_image(a01, b01, share, ACTIVITY_WINDOW[task])
             terms["guided_loss"] = task_loss(task, guided01, a01, b01, out, epoch, self.config.warmup_epochs)["loss"]
             terms["loss"] = terms["loss"] + self.config.guided_loss * terms["guided_loss"]
         focus_weight = self.config.focus_target.get(task, 0.0)
@@ -262,6 +281,13 @@ class _Trainer:
             relative = self.config.focus_relative.get(task, 0.0)
             terms["focus_target_loss"] = focus_target_loss(token_share(out), a01.float(), b01.float(), relative)
             terms["loss"] = terms["loss"] + focus_weight * terms["focus_target_loss"]
+        anchor_weight = self.config.anchor_shares.get(task, 0.0)
+        if anchor_weight:
+            with torch.no_grad(), torch.autocast(device.type, dtype=self.autocast or torch.bfloat16,
+                                                 enabled=self.autocast is not None):
+                held = token_share(self.anchor(a, b, task))
+            terms["anchor_loss"] = ((token_share(out) - held) ** 2).mean()
+            terms["loss"] = terms["loss"] + anchor_weight * terms["anchor_loss"]
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}, task {task}: the loss is {float(loss)}; "

@@ -71,6 +71,12 @@ class TrainConfig:
     # Per task: the focus target's energies divided by (the token's mean luminance + 0.05) ** r,
     # detail relative to brightness (tcmoa.guided.token_energies); absent or 0: plain energy.
     focus_relative: Mapping[str, float] = field(default_factory=dict)
+    # Weights (.safetensors, same model config) whose per-token prompt shares some tasks are held
+    # to, and the weight per task of that hold (mean squared difference of the shares, the anchor a
+    # frozen copy): fine-tune some tasks' prompts while the others keep what they had (the adapters
+    # are shared by all tasks, so training one task moves the others' prompts too).
+    anchor: pathlib.Path | None = None
+    anchor_shares: Mapping[str, float] = field(default_factory=dict)
     precision: str = "auto"  # auto: bf16 where the device computes it natively (tcmoa.devices)
     device: str = "auto"
     num_workers: int = 2  # data loader processes per task
@@ -302,7 +308,7 @@ def focus_target_weights(value: Any) -> dict[str, float]:
 
 
 def _parse_task_numbers(name: str, document: Any, problems: list[str]) -> dict[str, float]:
-    """A mapping task -> number >= 0 (focus_target, focus_relative); zeros dropped."""
+    """A mapping task -> number >= 0 (focus_target, focus_relative, anchor_shares); zeros dropped."""
     if not isinstance(document, Mapping):
         problems.append(f"{name}: expected a mapping task -> number")
         return {}
@@ -332,7 +338,8 @@ def parse_train_config(document: Mapping[str, Any], base: pathlib.Path, where: s
     document = {**document, **(overrides or {})}
     problems: list[str] = []
     values = _parse_fields(TrainConfig, document, base, problems,
-                           special={"data": None, "crop_scales": None, "focus_target": None, "focus_relative": None})
+                           special={"data": None, "crop_scales": None, "focus_target": None, "focus_relative": None,
+                                    "anchor_shares": None})
     if "data" in document:
         values["data"] = _parse_data(document["data"], base, problems)
     if "crop_scales" in document:
@@ -343,6 +350,10 @@ def parse_train_config(document: Mapping[str, Any], base: pathlib.Path, where: s
             "focus_target", target if isinstance(target, Mapping) else {"mff": target}, problems)
     if "focus_relative" in document:
         values["focus_relative"] = _parse_task_numbers("focus_relative", document["focus_relative"], problems)
+    if "anchor_shares" in document:
+        values["anchor_shares"] = _parse_task_numbers("anchor_shares", document["anchor_shares"], problems)
+        if values["anchor_shares"] and values.get("anchor") is None:
+            problems.append("anchor_shares: needs `anchor`, the weights whose prompt shares are held")
     _check_common(values, problems)
     if values.get("crop") is not None:
         try:
@@ -352,13 +363,14 @@ def parse_train_config(document: Mapping[str, Any], base: pathlib.Path, where: s
         except (ValueError, TypeError):
             pass
     if values.get("reference_loss", 1.0) == 0 and not values.get("guided_loss"):
-        without = sorted(set(values.get("data", {})) - set(values.get("focus_target", {})))
+        without = sorted(set(values.get("data", {})) - set(values.get("focus_target", {}))
+                         - set(values.get("anchor_shares", {})))
         if without:
             problems.append(f"reference_loss: 0 leaves no loss for {', '.join(without)}: give guided_loss > 0, "
-                            "or a focus_target weight for every task in data")
+                            "or a focus_target or anchor_shares weight for every task in data")
     if values.get("warmup_epochs", 2) >= values.get("epochs", 20) and values.get("warmup_epochs", 2) > 0:
         problems.append("warmup_epochs: must be smaller than epochs")
-    for name in ("backbone", "init"):
+    for name in ("backbone", "init", "anchor"):
         path = values.get(name)
         if path is not None and not path.is_file():
             problems.append(f"{name}: {path} does not exist")

@@ -21,7 +21,8 @@ JOBS = ROOT / "jobs"
 run_command = main.get_command(None, "run")  # `tcmoa run`, wherever its module lives
 TRAINING_CONFIGS = {"train_tiny.yaml", "pretrain_tiny.yaml", "train_small.yaml", "train_small_guided.yaml",
                     "finetune_small_guided.yaml", "finetune_small_focus.yaml", "finetune_small_targets.yaml",
-                    "finetune_small_detail.yaml", "pretrain_small.yaml"}  # checked by tests/test_train.py
+                    "finetune_small_detail.yaml", "finetune_small_anchored.yaml",
+                    "pretrain_small.yaml"}  # checked by tests/test_train.py
 # Fields of KubeRay's ray.io/v1 RayJobSpec and RayClusterSpec (ray-operator/apis/ray/v1/*_types.go).
 RAYJOB_SPEC_FIELDS = {
     "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata", "clusterSelector",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tcmoa.guided import guided_fusion
+from tcmoa.guided import ACTIVITY_WINDOW, activity_window, guided_fusion
 from tcmoa.inference import TCMoAFuser, load_fuser, random_model
 from tcmoa.baselines import LaplacianFuser
 from tcmoa.pyramid import rgb_to_ycbcr, select, select_torch
@@ -129,13 +129,42 @@ def test_the_training_twin_tends_to_the_selection_and_passes_gradients():
     rng = np.random.default_rng(5)
     a, b, w = rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 1))
     as_torch = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)
-    hard = select(a, b, w, 4)
-    errors = [np.abs(select_torch(as_torch(a), as_torch(b), as_torch(w), 4, temperature=t)
-                     .permute(0, 2, 3, 1).numpy() - hard).mean() for t in (0.1, 1e-2, 1e-5)]
-    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
+    for window in (1, 7):
+        hard = select(a, b, w, 4, window)
+        errors = [np.abs(select_torch(as_torch(a), as_torch(b), as_torch(w), 4, temperature=t, window=window)
+                         .permute(0, 2, 3, 1).numpy() - hard).mean() for t in (0.1, 1e-2, 1e-5)]
+        assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
     weight = as_torch(w).requires_grad_()
     select_torch(as_torch(a), as_torch(b), weight, 4).sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_area_activity_follows_the_sharp_source_region_by_region_through_noise():
+    """A multi-focus pair (each source blurred on one half) with sensor noise: per pixel, the noise
+    in the blurred half wins many fine coefficients; averaged over a window, the sharp source wins
+    its whole region, so the fusion is closer to the all-in-focus image."""
+    from scipy import ndimage
+    from skimage import data
+
+    sharp = data.camera()[::2, ::2].astype(np.float64) / 255
+    blurred = ndimage.gaussian_filter(sharp, 2.0)
+    half = sharp.shape[1] // 2
+    rng = np.random.default_rng(0)
+    a = np.concatenate([sharp[:, :half], blurred[:, half:]], axis=1) + rng.normal(0, 0.01, sharp.shape)
+    b = np.concatenate([blurred[:, :half], sharp[:, half:]], axis=1) + rng.normal(0, 0.01, sharp.shape)
+    equal = np.full((1, *sharp.shape, 1), 0.5)
+    errors = {k: np.abs(select(a[None, ..., None], b[None, ..., None], equal, 4, k)[0, ..., 0] - sharp).mean()
+              for k in (1, ACTIVITY_WINDOW["mff"])}
+    assert errors[ACTIVITY_WINDOW["mff"]] < 0.9 * errors[1]
+
+
+def test_the_activity_window_is_the_dominant_tasks():
+    import torch
+
+    assert activity_window(torch.tensor([0.0, 0.0, 1.0])) == ACTIVITY_WINDOW["mff"]
+    assert activity_window(torch.tensor([0.2, 0.0, 0.8])) == ACTIVITY_WINDOW["mff"]
+    assert activity_window(torch.tensor([1.0, 0.0, 0.0])) == activity_window(torch.tensor([0.0, 1.0, 0.0])) == 1
+    assert activity_window(torch.tensor([0.5, 0.0, 0.5])) == 1  # no dominant task: per pixel
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +189,13 @@ def test_fuser_guided_by_prompts_forced_to_a_returns_source_a(guided_fuser):
 def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
     rng = np.random.default_rng(1)
     a, b = rng.random((2, 112, 112, 1), dtype=np.float32), rng.random((2, 112, 112, 1), dtype=np.float32)
-    result = guided_fuser.fuse_batch(a, b, "mff", return_prompts=True)
-    assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
-    expected = np.clip(select(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4), 0, 1)
-    np.testing.assert_allclose(result.image, expected, atol=1e-5)
+    for task in ("vif", "mff"):  # multi-focus pairs take the area-based activity
+        result = guided_fuser.fuse_batch(a, b, task, return_prompts=True)
+        assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
+        expected = select(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4,
+                          ACTIVITY_WINDOW[task])
+        np.testing.assert_allclose(result.image, np.clip(expected, 0, 1), atol=1e-5)
+    assert ACTIVITY_WINDOW["vif"] == 1 < ACTIVITY_WINDOW["mff"]
     assert guided_fuser.provenance()["reconstruction"] == "guided"
 
 
