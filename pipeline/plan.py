@@ -150,7 +150,9 @@ def source_identity(ref: SourceRef) -> dict:
 
 def model_identity(model: ModelSpec, info: ModelInfo, placement: Placement) -> dict:
     """What the model contributes to results: weights, resolved device type and precision, controls."""
-    return {
+    # resolved: 'auto' and the mode it stands for give the same outputs, so the same unit ids
+    reconstruction = info.reconstruction if model.reconstruction == "auto" else model.reconstruction
+    identity = {
         "fuser": info.name,
         "weights": model.weights,
         "weights_sha256": info.weights_sha256,
@@ -158,9 +160,11 @@ def model_identity(model: ModelSpec, info: ModelInfo, placement: Placement) -> d
         "precision": placement.precision,
         "alpha": model.alpha,
         "beta": model.beta,
-        # resolved: 'auto' and the mode it stands for give the same outputs, so the same unit ids
-        "reconstruction": info.reconstruction if model.reconstruction == "auto" else model.reconstruction,
+        "reconstruction": reconstruction,
     }
+    if reconstruction == "guided" and info.guided_version is not None:
+        identity["guided_version"] = info.guided_version  # new selection rules: new outputs, new units
+    return identity
 
 
 def canonical_job(job: JobSpec, model_key: dict, *, relative_outputs: bool = True) -> dict:

@@ -10,15 +10,19 @@ directly where they agree (so a background the sources share stays exactly as it
 weighted selection rather than a weighted average of the bands: the prompts live on 8 x 8-pixel
 tokens, and averaging the detail of both sources inside a token halves every edge that only one
 source has (the pixel average's loss on Qabf/Qcb), whereas the selection keeps each edge at full
-strength and lets the prompts decide between competing ones. For multi-focus pairs a detail's
-magnitude is averaged over a small box first (`ACTIVITY_WINDOW`: focus is a property of a
-region). With w = 0.5 everywhere (and the per-pixel choice) it is
+strength and lets the prompts decide between competing ones. Per task (`TASK_RULES`): for
+multi-focus pairs a detail's magnitude is averaged over a small box first (focus is a property of
+a region); for visible-infrared pairs the base level follows the locally more contrasted source,
+weighted by the shares, instead of being mixed by them. With w = 0.5 everywhere and the plain
+rule (exposure brackets) it is
 exactly the classical Laplacian-pyramid fusion (`baseline:laplacian`); with w = 1 (or 0)
 everywhere, source A (or B) exactly; where w is 1 over a region, that region gets A's detail levels
 exactly and A's pixels up to the spline's lowest frequencies: sharpness kept, no detail invented.
 Grey + colour pairs are fused in luminance (Y of BT.601 YCbCr) and keep the colour source's chroma.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,21 +35,40 @@ from tcmoa.pyramid import is_grey, pyramid_levels, rgb_to_ycbcr, select, select_
 # prompts, and equal shares reproduce that baseline exactly.
 LEVELS = 4
 
-# Per task, the box (pixels of each detail level) over which a source's detail activity is averaged
-# before the selection (tcmoa.pyramid.select): focus is a property of a region, so for multi-focus
-# pairs the selection follows the sharper source region by region (area-based activity, as in
-# classical multi-focus fusion); visible-infrared and exposure pairs keep the per-pixel choice.
-# Chosen on MFIFB-train (docs/model-card.md), never the dev splits.
-ACTIVITY_WINDOW = {"vif": 1, "mef": 1, "mff": 7}
+@dataclass(frozen=True)
+class SelectionRule:
+    """How tcmoa.pyramid.select chooses, per task. window: the box (pixels of each detail level)
+    a source's detail magnitude is averaged over first (1: per pixel). base_by_activity: the base
+    level follows the prompt-weighted locally more contrasted source instead of being mixed by
+    the shares."""
+
+    window: int = 1
+    base_by_activity: bool = False
 
 
-def activity_window(route: torch.Tensor) -> int:
-    """The activity window of a router vector (num_tasks,): its dominant task's; a mix with no
-    single largest weight keeps the per-pixel choice."""
+# Per task (chosen on the training splits, docs/model-card.md, never the dev splits):
+# - multi-focus: focus is a property of a region, so the selection follows the sharper source
+#   region by region (area-based activity, as classical multi-focus fusion does);
+# - visible-infrared: the base follows the locally more contrasted source (a thermal target, a
+#   textured visible region), as pyramid + sparse-representation fusion chooses its low-pass band;
+# - exposure brackets: per-pixel details and the share-mixed base (its brightness).
+TASK_RULES = {"vif": SelectionRule(base_by_activity=True), "mef": SelectionRule(), "mff": SelectionRule(window=7)}
+
+
+# The guided mode's version: bump it whenever the guided output of given shares changes (a rule, a
+# constant of tcmoa.pyramid's selection), so that runs resumed with new code redo their units
+# instead of mixing outputs of two versions (it enters the pipeline's unit ids).
+# 3: per-task selection rules (2026-12-06).
+GUIDED_VERSION = 3
+
+
+def selection_rule(route: torch.Tensor) -> SelectionRule:
+    """The selection rule of a router vector (num_tasks,): its dominant task's; a mix with no
+    single largest weight gets the plain rule (per-pixel details, share-mixed base)."""
     largest = torch.sort(route.float(), descending=True).values
     if largest.numel() > 1 and bool(largest[0] == largest[1]):
-        return 1
-    return ACTIVITY_WINDOW[list(TASKS)[int(route.argmax())]]
+        return SelectionRule()
+    return TASK_RULES[list(TASKS)[int(route.argmax())]]
 
 
 def token_share(out) -> torch.Tensor:
@@ -104,17 +127,18 @@ def focus_target_loss(share: torch.Tensor, a01: torch.Tensor, b01: torch.Tensor,
 
 
 def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Tensor,
-                          window: int = 1) -> torch.Tensor:
+                          rule: SelectionRule = SelectionRule()) -> torch.Tensor:
     """The guided output of (B, 3, H, W) RGB sources as training sees it: the soft, differentiable
     twin of guided_fusion's selection, on RGB (grey sources arrive repeated to 3 channels), so the
     task losses reach the prompts directly."""
-    return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS), window=window)
+    return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS), window=rule.window,
+                        base_by_activity=rule.base_by_activity)
 
 
 def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int | None = None,
-                  window: int = 1) -> np.ndarray:
+                  rule: SelectionRule = SelectionRule()) -> np.ndarray:
     """Fuse sources (N, H, W, C) in [0, 1], C in {1, 3}, with A's per-pixel share (N, H, W) and
-    the task's activity window (`ACTIVITY_WINDOW`).
+    the task's selection rule (`TASK_RULES`).
 
     Per pair: both grey -> the grey blend; both colour -> RGB blended; grey + colour ->
     luminance blended, chroma of the colour source. A grey source may be stored as three equal
@@ -123,19 +147,20 @@ def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: in
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     weight_a = np.asarray(weight_a, dtype=np.float64)[..., None]
     levels = pyramid_levels(a.shape[1:3], levels or LEVELS)
+    choose = lambda x, y, w: select(x, y, w, levels, rule.window, rule.base_by_activity)
     channels = max(a.shape[-1], b.shape[-1])
     out = np.empty((*a.shape[:3], channels), dtype=np.float32)
     for i in range(a.shape[0]):
         ai, bi, wi = a[i:i + 1], b[i:i + 1], weight_a[i:i + 1]
         grey_a, grey_b = is_grey(ai[0]), is_grey(bi[0])
         if grey_a and grey_b:
-            fused = select(ai[..., :1], bi[..., :1], wi, levels, window)
+            fused = choose(ai[..., :1], bi[..., :1], wi)
         elif not grey_a and not grey_b:
-            fused = select(ai, bi, wi, levels, window)
+            fused = choose(ai, bi, wi)
         else:
             colour = rgb_to_ycbcr(ai if grey_b else bi)
             y_a = ai[..., :1] if grey_a else colour[..., :1]
             y_b = bi[..., :1] if grey_b else colour[..., :1]
-            fused = ycbcr_to_rgb(np.concatenate([select(y_a, y_b, wi, levels, window), colour[..., 1:]], axis=-1))
+            fused = ycbcr_to_rgb(np.concatenate([choose(y_a, y_b, wi), colour[..., 1:]], axis=-1))
         out[i] = np.clip(fused[0], 0.0, 1.0)  # a grey result broadcasts over 3 output channels
     return out

@@ -17,7 +17,7 @@ import torch
 
 import tcmoa
 from tcmoa.devices import PRECISIONS, autocast_dtype, cpu_has_native_bf16, resolve_device, resolve_precision  # noqa: F401 (re-exported)
-from tcmoa.guided import activity_window, guided_fusion, prompt_share
+from tcmoa.guided import GUIDED_VERSION, guided_fusion, prompt_share, selection_rule
 from tcmoa.interface import FusionResult, ModelInfo, RouterSpec, as_nhwc, check_pair, output_channels
 from tcmoa.model import TCMoA, decode_to_image01, normalize
 
@@ -107,6 +107,7 @@ class TCMoAFuser:
             "beta": self.beta,
             "downsample": self.downsample,
             "reconstruction": self.reconstruction,
+            "guided_version": GUIDED_VERSION,
             "tcmoa_version": tcmoa.__version__,
             "torch_version": torch.__version__,
         }
@@ -136,7 +137,7 @@ class TCMoAFuser:
         if return_prompts or self.reconstruction == "guided":
             share = prompt_share(out, size)[:, 0, :h, :w].cpu().numpy()
         if self.reconstruction == "guided":
-            image = guided_fusion(a[:, :h, :w], b[:, :h, :w], share, window=activity_window(route))
+            image = guided_fusion(a[:, :h, :w], b[:, :h, :w], share, rule=selection_rule(route))
         else:
             fused = decode_to_image01(out.pred, size, mode=self.downsample)[..., :h, :w]
             image = fused.permute(0, 2, 3, 1).float().cpu().numpy()
@@ -234,7 +235,8 @@ def model_info(spec: str = "default") -> ModelInfo:
         spec_random = spec if spec.startswith("random:") else None
     if spec_random is not None:
         config = get_config(spec_random.split(":", 1)[1])
-        return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, None, config.to_dict(), trained=False)
+        return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, None, config.to_dict(), trained=False,
+                         guided_version=GUIDED_VERSION)
     if not path.is_file():
         raise FileNotFoundError(f"weights {spec!r}: no such file (or use 'default' / 'random:tiny')")
     reconstruction = "decoder"
@@ -246,5 +248,5 @@ def model_info(spec: str = "default") -> ModelInfo:
         state, _ = checkpoints.read_torch_checkpoint(path)
         config = checkpoints.infer_config(state)
     return ModelInfo(TCMoAFuser.name, config.tile_multiple, spec, checkpoints.file_sha256(path), config.to_dict(),
-                     reconstruction=reconstruction)
+                     reconstruction=reconstruction, guided_version=GUIDED_VERSION)
 

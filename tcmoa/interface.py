@@ -83,6 +83,7 @@ class ModelInfo:
     config: dict[str, Any] = field(default_factory=dict)  # the network's configuration
     trained: bool = True
     reconstruction: str = "decoder"  # the mode `reconstruction: auto` resolves to (the weights' recommendation)
+    guided_version: int | None = None  # tcmoa.guided.GUIDED_VERSION for models with a guided mode
 
     @classmethod
     def of(cls, fuser: "Fuser", weights: str = "") -> "ModelInfo":
@@ -91,7 +92,7 @@ class ModelInfo:
         info = provenance.get("weights", {}) if isinstance(provenance.get("weights"), dict) else {}
         return cls(getattr(fuser, "name", type(fuser).__name__), int(getattr(fuser, "tile_multiple", 1) or 1),
                    weights, info.get("sha256"), provenance.get("config", {}), info.get("trained", True),
-                   provenance.get("reconstruction", "decoder"))
+                   provenance.get("reconstruction", "decoder"), provenance.get("guided_version"))
 
 
 def as_nhwc(x: Any, what: str = "image") -> np.ndarray:

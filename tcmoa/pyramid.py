@@ -85,25 +85,57 @@ def blend(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> np
     return collapse([w * xa + (1 - w) * xb for w, xa, xb in zip(weights, la, lb)])
 
 
-def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, window: int = 1) -> np.ndarray:
+def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, window: int = 1,
+           base_by_activity: bool = False) -> np.ndarray:
     """Weighted choose-max over Laplacian pyramids of a and b (N, H, W, C): at each detail level a
-    pixel takes all its channels from A where w act(dA) >= (1 - w) act(dB), act(d) being |d| summed
-    over channels and averaged over a `window` x `window` box of that level (1: the pixel alone),
+    pixel takes all its channels from A where w act(dA) > (1 - w) act(dB) (a tie: the source with
+    the larger share, A at w = 0.5), act(d) being |d| summed over channels and averaged over a
+    `window` x `window` box of that level (1: the pixel alone),
     w that level of the Gaussian pyramid of A's weight (N, H, W, 1) in [0, 1]; the base level is
     mixed by w as a spline that keeps agreeing regions (`_spline_base`). With w = 0.5 and window 1
     this is the classical Laplacian-pyramid fusion (max-abs details, averaged base); with w = 1
     (or 0) everywhere, the result is A (or B); over a region, A's details there and its pixels up
     to the lowest frequencies of the spline. A window > 1 is the area-based activity of
     multi-focus fusion: focus is a property of a region, so neighbouring coefficients follow one
-    source instead of flipping with noise and texture."""
+    source instead of flipping with noise and texture. base_by_activity: the base level's weight
+    is itself a prompt-weighted choice of the locally more active base (`_base_choice`) instead of
+    w, as the pyramid + sparse-representation fusions of infrared and visible images choose their
+    low-pass band: a thermal target or a textured visible region keeps its contrast instead of
+    being averaged with the other source's flat base."""
     weights = gaussian_pyramid(weight_a, levels)
     la, lb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
     fused = []
     for w, da, db in zip(weights[:-1], la[:-1], lb[:-1]):
-        take_a = w * _activity(da, window) >= (1 - w) * _activity(db, window)
+        score_a, score_b = w * _activity(da, window), (1 - w) * _activity(db, window)
+        # A on a tie where its share is at least half: with w = 0.5 the classical >= of max-abs,
+        # with w = 0 B even where both scores are 0 (B flat: A's detail must not leak in)
+        take_a = (score_a > score_b) | ((score_a == score_b) & (w >= 0.5))
         fused.append(np.where(take_a, da, db))
-    fused.append(_spline_base(la[-1], lb[-1], weights[-1]))
+    base_weight = _base_choice(la[-1], lb[-1], weights[-1]) if base_by_activity else weights[-1]
+    fused.append(_spline_base(la[-1], lb[-1], base_weight))
     return collapse(fused)
+
+
+# The base choice: local contrast over 3 x 3 base pixels (24 x 24 source pixels at 4 levels), and
+# how sharply the choice follows it (weighted contrasts ** 3; chosen on RoadScene: the sharpest
+# power that kept SSIM at or above the Laplacian baseline's, docs/model-card.md).
+_BASE_WINDOW, _BASE_POWER = 3, 3.0
+
+
+def _base_choice(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A's weight on the base level (N, h, w, 1): (w sA) ** 3 / ((w sA) ** 3 + ((1 - w) sB) ** 3),
+    s the local standard deviation of a base's channel mean over 3 x 3; w itself where neither
+    base has any (so a share of 1 still gives A exactly); smoothed twice by the pyramid kernel so
+    the choice has no hard edges."""
+    def local_std(x: np.ndarray) -> np.ndarray:
+        y = x.mean(axis=-1, keepdims=True)
+        box = (1, _BASE_WINDOW, _BASE_WINDOW, 1)
+        mean = ndimage.uniform_filter(y, box, mode="nearest")
+        return np.sqrt(np.maximum(ndimage.uniform_filter(y * y, box, mode="nearest") - mean * mean, 0.0))
+    ca, cb = (w * local_std(a)) ** _BASE_POWER, ((1 - w) * local_std(b)) ** _BASE_POWER
+    total = ca + cb
+    choice = np.where(total > 1e-12, ca / np.maximum(total, 1e-12), w)
+    return _blur(_blur(choice))
 
 
 def _activity(detail: np.ndarray, window: int) -> np.ndarray:
@@ -159,7 +191,7 @@ def _upsample_t(x: "torch.Tensor", shape: tuple[int, int]) -> "torch.Tensor":
 
 
 def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int,
-                 temperature: float = 0.05, window: int = 1) -> "torch.Tensor":
+                 temperature: float = 0.05, window: int = 1, base_by_activity: bool = False) -> "torch.Tensor":
     """select() on (N, C, H, W) torch tensors with a soft, differentiable choice: the detail
     coefficients mixed by sigmoid((w|dA| - (1-w)|dB|) / (temperature * mean(w|dA| + (1-w)|dB|))),
     which tends to select()'s hard choice as the temperature goes to 0 (same kernel, borders and
@@ -174,8 +206,23 @@ def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor",
         take_a = torch.sigmoid((sa - sb) / scale)
         details.append(take_a * da + (1 - take_a) * db)
         ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
-    out = _spline_base_t(ga, gb, gw)
+    out = _spline_base_t(ga, gb, _base_choice_t(ga, gb, gw) if base_by_activity else gw)
     return _collapse_t(out, details)
+
+
+def _base_choice_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor") -> "torch.Tensor":
+    """_base_choice() on (N, C, h, w) torch tensors."""
+    def local_std(x: "torch.Tensor") -> "torch.Tensor":
+        y = x.mean(1, keepdim=True)
+        half = _BASE_WINDOW // 2
+        box = lambda z: torch.nn.functional.avg_pool2d(
+            torch.nn.functional.pad(z, (half, half, half, half), mode="replicate"), _BASE_WINDOW, stride=1)
+        mean = box(y)
+        return (box(y * y) - mean * mean).clamp_min(0.0).sqrt()
+    ca, cb = (w * local_std(a)) ** _BASE_POWER, ((1 - w) * local_std(b)) ** _BASE_POWER
+    total = ca + cb
+    choice = torch.where(total > 1e-12, ca / total.clamp_min(1e-12), w)
+    return _blur_t(_blur_t(choice))
 
 
 def _activity_t(detail: "torch.Tensor", window: int) -> "torch.Tensor":

@@ -34,7 +34,7 @@ from tcmoa.checkpoints import (file_sha256, load_mae_weights, load_model, load_r
 from tcmoa.config import get_config, task_index
 from tcmoa.devices import autocast_dtype, resolve_device, resolve_precision
 from tcmoa.data import ConcatPairs, PairFolder, PairSource, PairStream, PairTransform, stream_loader
-from tcmoa.guided import ACTIVITY_WINDOW, focus_target_loss, guided_training_image, prompt_share, token_share
+from tcmoa.guided import TASK_RULES, focus_target_loss, guided_training_image, prompt_share, token_share
 from tcmoa.losses import task_loss
 from tcmoa.model import TCMoA, decode_to_image01
 from tcmoa.run_state import (CheckpointStore, MetricsLog, RunStateError, all_mean, atomic_write,
@@ -273,7 +273,7 @@ class _Trainer:
         terms["loss"] = self.config.reference_loss * terms["loss"]
         if self.config.guided_loss:
             share = prompt_share(out, tuple(a.shape[-2:]))
-            guided01 = guided_training_image(a01, b01, share, ACTIVITY_WINDOW[task])
+            guided01 = guided_training_image(a01, b01, share, TASK_RULES[task])
             terms["guided_loss"] = task_loss(task, guided01, a01, b01, out, epoch, self.config.warmup_epochs)["loss"]
             terms["loss"] = terms["loss"] + self.config.guided_loss * terms["guided_loss"]
         focus_weight = self.config.focus_target.get(task, 0.0)

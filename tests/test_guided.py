@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tcmoa.guided import ACTIVITY_WINDOW, activity_window, guided_fusion
+from tcmoa.guided import TASK_RULES, SelectionRule, guided_fusion, selection_rule
 from tcmoa.inference import TCMoAFuser, load_fuser, random_model
 from tcmoa.baselines import LaplacianFuser
 from tcmoa.pyramid import rgb_to_ycbcr, select, select_torch
@@ -129,10 +129,11 @@ def test_the_training_twin_tends_to_the_selection_and_passes_gradients():
     rng = np.random.default_rng(5)
     a, b, w = rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 1))
     as_torch = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)
-    for window in (1, 7):
-        hard = select(a, b, w, 4, window)
-        errors = [np.abs(select_torch(as_torch(a), as_torch(b), as_torch(w), 4, temperature=t, window=window)
-                         .permute(0, 2, 3, 1).numpy() - hard).mean() for t in (0.1, 1e-2, 1e-5)]
+    for window, by_activity in ((1, False), (7, False), (1, True)):
+        hard = select(a, b, w, 4, window, by_activity)
+        errors = [np.abs(select_torch(as_torch(a), as_torch(b), as_torch(w), 4, temperature=t, window=window,
+                                      base_by_activity=by_activity).permute(0, 2, 3, 1).numpy() - hard).mean()
+                  for t in (0.1, 1e-2, 1e-5)]
         assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
     weight = as_torch(w).requires_grad_()
     select_torch(as_torch(a), as_torch(b), weight, 4).sum().backward()
@@ -153,18 +154,44 @@ def test_area_activity_follows_the_sharp_source_region_by_region_through_noise()
     a = np.concatenate([sharp[:, :half], blurred[:, half:]], axis=1) + rng.normal(0, 0.01, sharp.shape)
     b = np.concatenate([blurred[:, :half], sharp[:, half:]], axis=1) + rng.normal(0, 0.01, sharp.shape)
     equal = np.full((1, *sharp.shape, 1), 0.5)
+    window = TASK_RULES["mff"].window
     errors = {k: np.abs(select(a[None, ..., None], b[None, ..., None], equal, 4, k)[0, ..., 0] - sharp).mean()
-              for k in (1, ACTIVITY_WINDOW["mff"])}
-    assert errors[ACTIVITY_WINDOW["mff"]] < 0.9 * errors[1]
+              for k in (1, window)}
+    assert errors[window] < 0.9 * errors[1]
 
 
-def test_the_activity_window_is_the_dominant_tasks():
+def test_a_base_chosen_by_activity_keeps_a_thermal_targets_contrast():
+    """Visible + infrared: a warm target (a bright disc) on a flat infrared background, where the
+    visible image has texture elsewhere. Mixing the bases halves the target's contrast; choosing
+    the locally more contrasted base keeps it, and keeps the visible texture where it is."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:128, :128]
+    infrared = 0.3 + 0.5 * ((yy - 40) ** 2 + (xx - 40) ** 2 < 15 ** 2)
+    visible = 0.5 + 0.2 * ndimage.gaussian_filter(rng.normal(size=(128, 128)), 6) / 0.05 * (xx > 80)
+    visible = np.clip(visible, 0, 1)
+    a, b = visible[None, ..., None], infrared[None, ..., None]
+    equal = np.full((1, 128, 128, 1), 0.5)
+    mixed, chosen = select(a, b, equal, 4), select(a, b, equal, 4, base_by_activity=True)
+    target, around = (yy - 40) ** 2 + (xx - 40) ** 2 < 8 ** 2, ((yy - 40) ** 2 + (xx - 40) ** 2 > 25 ** 2) & (xx < 70)
+    contrast = lambda f: f[0, ..., 0][target].mean() - f[0, ..., 0][around].mean()
+    assert contrast(chosen) > 0.4 > contrast(mixed)  # the infrared disc is +0.5 over its background
+    texture = xx > 90
+    assert np.std(chosen[0, ..., 0][texture]) > 0.9 * np.std(visible[texture])
+    # a full share still gives that source exactly, flat regions included
+    np.testing.assert_allclose(select(a, b, np.ones_like(equal), 4, base_by_activity=True), a, atol=1e-10)
+    np.testing.assert_allclose(select(a, b, np.zeros_like(equal), 4, base_by_activity=True), b, atol=1e-10)
+
+
+def test_the_selection_rule_is_the_dominant_tasks():
     import torch
 
-    assert activity_window(torch.tensor([0.0, 0.0, 1.0])) == ACTIVITY_WINDOW["mff"]
-    assert activity_window(torch.tensor([0.2, 0.0, 0.8])) == ACTIVITY_WINDOW["mff"]
-    assert activity_window(torch.tensor([1.0, 0.0, 0.0])) == activity_window(torch.tensor([0.0, 1.0, 0.0])) == 1
-    assert activity_window(torch.tensor([0.5, 0.0, 0.5])) == 1  # no dominant task: per pixel
+    assert selection_rule(torch.tensor([0.0, 0.0, 1.0])) == TASK_RULES["mff"] == SelectionRule(window=7)
+    assert selection_rule(torch.tensor([0.2, 0.0, 0.8])) == TASK_RULES["mff"]
+    assert selection_rule(torch.tensor([1.0, 0.0, 0.0])) == SelectionRule(base_by_activity=True)
+    assert selection_rule(torch.tensor([0.0, 1.0, 0.0])) == SelectionRule()
+    assert selection_rule(torch.tensor([0.5, 0.0, 0.5])) == SelectionRule()  # no dominant task: the plain rule
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +216,13 @@ def test_fuser_guided_by_prompts_forced_to_a_returns_source_a(guided_fuser):
 def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
     rng = np.random.default_rng(1)
     a, b = rng.random((2, 112, 112, 1), dtype=np.float32), rng.random((2, 112, 112, 1), dtype=np.float32)
-    for task in ("vif", "mff"):  # multi-focus pairs take the area-based activity
+    for task in ("vif", "mef", "mff"):  # each task's selection rule
         result = guided_fuser.fuse_batch(a, b, task, return_prompts=True)
         assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
+        rule = TASK_RULES[task]
         expected = select(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4,
-                          ACTIVITY_WINDOW[task])
+                          rule.window, rule.base_by_activity)
         np.testing.assert_allclose(result.image, np.clip(expected, 0, 1), atol=1e-5)
-    assert ACTIVITY_WINDOW["vif"] == 1 < ACTIVITY_WINDOW["mff"]
     assert guided_fuser.provenance()["reconstruction"] == "guided"
 
 

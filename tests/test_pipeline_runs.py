@@ -216,6 +216,26 @@ def test_job_spec_model_reconstruction(tmp_path):
         parse_job(pair_job(tmp_path, model={"reconstruction": "pyramid"}), base=tmp_path)
 
 
+def test_guided_outputs_of_another_selection_version_are_other_units(tmp_path):
+    """New guided selection rules change the outputs of the same weights: a resumed run must redo
+    its units rather than mix two versions' tiles. Decoder outputs are not affected."""
+    import dataclasses
+
+    from pipeline.plan import plan_job
+    from tcmoa.inference import model_info
+    from tcmoa.interface import Placement
+
+    _archive(tmp_path, scenes=("s1",), shape=(60, 70))
+    job = parse_job(pair_job(tmp_path, model={"weights": "random:tiny", "reconstruction": "guided"}), base=tmp_path)
+    info = model_info("random:tiny")
+    ids = lambda j, i: [u.unit_id for u in plan_job(j, i, Placement("cpu", "fp32")).all_units]
+    assert info.guided_version is not None
+    newer = dataclasses.replace(info, guided_version=info.guided_version + 1)
+    assert set(ids(job, newer)).isdisjoint(ids(job, info))
+    decoder = dataclasses.replace(job, model=dataclasses.replace(job.model, reconstruction="decoder"))
+    assert ids(decoder, newer) == ids(decoder, info)
+
+
 def test_invalid_job_file_names_the_file_and_field(tmp_path):
     job = tmp_path / "bad.yaml"
     job.write_text(yaml.safe_dump({"name": "x", "task": "fusion", "discover": {"type": "glob"},

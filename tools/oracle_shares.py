@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from scipy import ndimage
 
-from tcmoa.guided import ACTIVITY_WINDOW, guided_fusion
+from tcmoa.guided import TASK_RULES, guided_fusion
 from tcmoa.interface import as_nhwc
 from training_splits import score
 
@@ -67,8 +67,8 @@ class OracleShares:
 
     def fuse(self, a, b, task: str = "vif") -> np.ndarray:
         a, b = (as_nhwc(x) for x in (a, b))
-        # the guided mode's own rule, with the task's activity window
-        return guided_fusion(a, b, self.share_of_a(a[0], b[0])[None], window=ACTIVITY_WINDOW[task])[0]
+        # the guided mode's own selection, with the task's rule
+        return guided_fusion(a, b, self.share_of_a(a[0], b[0])[None], rule=TASK_RULES[task])[0]
 
 
 def main() -> None:
