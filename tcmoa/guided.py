@@ -32,8 +32,9 @@ from tcmoa.config import TASKS
 from tcmoa.pyramid import is_grey, pyramid_levels, rgb_to_ycbcr, select, select_torch, ycbcr_to_rgb
 
 # Pyramid depth, as `baseline:laplacian`'s: the base level (1/8 scale) matches the token grid of the
-# prompts, and equal shares reproduce that baseline exactly.
+# prompts, and equal shares with the plain rule reproduce that baseline exactly.
 LEVELS = 4
+
 
 @dataclass(frozen=True)
 class SelectionRule:
@@ -46,7 +47,7 @@ class SelectionRule:
     base_by_activity: bool = False
 
 
-# Per task (chosen on the training splits, docs/model-card.md, never the dev splits):
+# Per task (settings chosen on the training splits; docs/model-card.md tells how each was found):
 # - multi-focus: focus is a property of a region, so the selection follows the sharper source
 #   region by region (area-based activity, as classical multi-focus fusion does);
 # - visible-infrared: the base follows the locally more contrasted source (a thermal target, a
