@@ -129,9 +129,8 @@ def _base_choice(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
     the choice has no hard edges."""
     def local_std(x: np.ndarray) -> np.ndarray:
         y = x.mean(axis=-1, keepdims=True)
-        box = (1, _BASE_WINDOW, _BASE_WINDOW, 1)
-        mean = ndimage.uniform_filter(y, box, mode="nearest")
-        return np.sqrt(np.maximum(ndimage.uniform_filter(y * y, box, mode="nearest") - mean * mean, 0.0))
+        mean = _box(y, _BASE_WINDOW)
+        return np.sqrt(np.maximum(_box(y * y, _BASE_WINDOW) - mean * mean, 0.0))
     ca, cb = (w * local_std(a)) ** _BASE_POWER, ((1 - w) * local_std(b)) ** _BASE_POWER
     total = ca + cb
     choice = np.where(total > 1e-12, ca / np.maximum(total, 1e-12), w)
@@ -139,9 +138,13 @@ def _base_choice(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _activity(detail: np.ndarray, window: int) -> np.ndarray:
-    """|detail| summed over channels, box-averaged over window x window (edge-replicated borders)."""
-    act = np.abs(detail).sum(axis=-1, keepdims=True)
-    return act if window == 1 else ndimage.uniform_filter(act, (1, window, window, 1), mode="nearest")
+    """|detail| summed over channels, box-averaged over window x window."""
+    return _box(np.abs(detail).sum(axis=-1, keepdims=True), window)
+
+
+def _box(x: np.ndarray, window: int) -> np.ndarray:
+    """Mean over a window x window box of (N, H, W, C) over H and W, edge-replicated borders."""
+    return x if window == 1 else ndimage.uniform_filter(x, (1, window, window, 1), mode="nearest")
 
 
 # Where the sources' bases differ by this much (summed over channels), the base is mostly the spline.
@@ -214,11 +217,8 @@ def _base_choice_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor") -> "
     """_base_choice() on (N, C, h, w) torch tensors."""
     def local_std(x: "torch.Tensor") -> "torch.Tensor":
         y = x.mean(1, keepdim=True)
-        half = _BASE_WINDOW // 2
-        box = lambda z: torch.nn.functional.avg_pool2d(
-            torch.nn.functional.pad(z, (half, half, half, half), mode="replicate"), _BASE_WINDOW, stride=1)
-        mean = box(y)
-        return (box(y * y) - mean * mean).clamp_min(0.0).sqrt()
+        mean = _box_t(y, _BASE_WINDOW)
+        return (_box_t(y * y, _BASE_WINDOW) - mean * mean).clamp_min(0.0).sqrt()
     ca, cb = (w * local_std(a)) ** _BASE_POWER, ((1 - w) * local_std(b)) ** _BASE_POWER
     total = ca + cb
     choice = torch.where(total > 1e-12, ca / total.clamp_min(1e-12), w)
@@ -227,11 +227,15 @@ def _base_choice_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor") -> "
 
 def _activity_t(detail: "torch.Tensor", window: int) -> "torch.Tensor":
     """_activity() on (N, C, H, W) torch tensors."""
-    act = detail.abs().sum(1, keepdim=True)
+    return _box_t(detail.abs().sum(1, keepdim=True), window)
+
+
+def _box_t(x: "torch.Tensor", window: int) -> "torch.Tensor":
+    """_box() on (N, C, H, W) torch tensors (scipy's origin for even windows too)."""
     if window == 1:
-        return act
+        return x
     half = window // 2
-    padded = torch.nn.functional.pad(act, (half, window - 1 - half, half, window - 1 - half), mode="replicate")
+    padded = torch.nn.functional.pad(x, (half, window - 1 - half, half, window - 1 - half), mode="replicate")
     return torch.nn.functional.avg_pool2d(padded, window, stride=1)
 
 

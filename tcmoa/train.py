@@ -266,8 +266,12 @@ class _Trainer:
         device = self.device
         a, b = batch["a"].to(device, non_blocking=True), batch["b"].to(device, non_blocking=True)
         a01, b01 = batch["a01"].to(device, non_blocking=True), batch["b01"].to(device, non_blocking=True)
+        anchor_weight = self.config.anchor_shares.get(task, 0.0)
         with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
             out = net(a, b, task)
+            if anchor_weight:  # the frozen anchor's shares on the same batch, same precision
+                with torch.no_grad():
+                    held = token_share(self.anchor(a, b, task))
         fused01 = decode_to_image01(out.pred, tuple(a.shape[-2:]))
         terms = task_loss(task, fused01, a01, b01, out, epoch, self.config.warmup_epochs)
         terms["loss"] = self.config.reference_loss * terms["loss"]
@@ -281,11 +285,7 @@ class _Trainer:
             relative = self.config.focus_relative.get(task, 0.0)
             terms["focus_target_loss"] = focus_target_loss(token_share(out), a01.float(), b01.float(), relative)
             terms["loss"] = terms["loss"] + focus_weight * terms["focus_target_loss"]
-        anchor_weight = self.config.anchor_shares.get(task, 0.0)
         if anchor_weight:
-            with torch.no_grad(), torch.autocast(device.type, dtype=self.autocast or torch.bfloat16,
-                                                 enabled=self.autocast is not None):
-                held = token_share(self.anchor(a, b, task))
             terms["anchor_loss"] = ((token_share(out) - held) ** 2).mean()
             terms["loss"] = terms["loss"] + anchor_weight * terms["anchor_loss"]
         loss = terms["loss"]
