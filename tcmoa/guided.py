@@ -13,8 +13,9 @@ source has (the pixel average's loss on Qabf/Qcb), whereas the selection keeps e
 strength and lets the prompts decide between competing ones. Per task (`TASK_RULES`): for
 multi-focus pairs a detail's magnitude is averaged over a small box first (focus is a property of
 a region); for visible-infrared pairs the base level follows the locally more contrasted source,
-weighted by the shares, instead of being mixed by them. With w = 0.5 everywhere and the plain
-rule (exposure brackets) it is
+weighted by the shares, instead of being mixed by them; for exposure brackets a detail is scaled
+towards the fused brightness (a dark exposure's texture keeps part of its relative contrast on a
+brighter base). With w = 0.5 everywhere and the plain rule (a router with no dominant task) it is
 exactly the classical Laplacian-pyramid fusion (`baseline:laplacian`); with w = 1 (or 0)
 everywhere, source A (or B) exactly; where w is 1 over a region, that region gets A's detail levels
 exactly and A's pixels up to the spline's lowest frequencies: sharpness kept, no detail invented.
@@ -41,10 +42,15 @@ class SelectionRule:
     """How tcmoa.pyramid.select chooses, per task. window: the box (pixels of each detail level)
     a source's detail magnitude is averaged over first (1: per pixel). base_by_activity: the base
     level follows the prompt-weighted locally more contrasted source instead of being mixed by
-    the shares."""
+    the shares; base_power: how sharply it follows the contrast (1: in proportion to the weighted
+    contrasts). detail_gain: p of the contrast-preserving detail transfer (a chosen detail times
+    (the shares' brightness / its source's brightness) ** p; 0: details copied as they are).
+    tools/rule_settings.py scores settings on a training split."""
 
     window: int = 1
     base_by_activity: bool = False
+    detail_gain: float = 0.0
+    base_power: float = 1.0
 
 
 # Per task (settings chosen on the training splits; docs/model-card.md tells how each was found):
@@ -52,15 +58,19 @@ class SelectionRule:
 #   region by region (area-based activity, as classical multi-focus fusion does);
 # - visible-infrared: the base follows the locally more contrasted source (a thermal target, a
 #   textured visible region), as pyramid + sparse-representation fusion chooses its low-pass band;
-# - exposure brackets: per-pixel details and the share-mixed base (its brightness).
-TASK_RULES = {"vif": SelectionRule(base_by_activity=True), "mef": SelectionRule(), "mff": SelectionRule(window=7)}
+# - exposure brackets: per-pixel details, the share-mixed base (its brightness), and each detail
+#   scaled by (fused brightness / its source's) ** 1/8, so a dark exposure's detail placed on a
+#   brighter fused base keeps part of its contrast relative to the local brightness.
+TASK_RULES = {"vif": SelectionRule(base_by_activity=True), "mef": SelectionRule(detail_gain=0.125),
+              "mff": SelectionRule(window=9)}
 
 
 # The guided mode's version: bump it whenever the guided output of given shares changes (a rule, a
 # constant of tcmoa.pyramid's selection), so that runs resumed with new code redo their units
 # instead of mixing outputs of two versions (it enters the pipeline's unit ids).
-# 3: per-task selection rules (2026-12-06).
-GUIDED_VERSION = 3
+# 3: per-task selection rules (2026-12-06). 4: the settings rule (tools/rule_settings.py): the MEF
+# rule's detail gain, the VIF base choice linear in the weighted contrasts, the MFF box 9 x 9.
+GUIDED_VERSION = 4
 
 
 def selection_rule(route: torch.Tensor) -> SelectionRule:
@@ -133,7 +143,8 @@ def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Ten
     twin of guided_fusion's selection, on RGB (grey sources arrive repeated to 3 channels), so the
     task losses reach the prompts directly."""
     return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS), window=rule.window,
-                        base_by_activity=rule.base_by_activity)
+                        base_by_activity=rule.base_by_activity, detail_gain=rule.detail_gain,
+                        base_power=rule.base_power)
 
 
 def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int | None = None,
@@ -148,7 +159,8 @@ def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: in
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     weight_a = np.asarray(weight_a, dtype=np.float64)[..., None]
     levels = pyramid_levels(a.shape[1:3], levels or LEVELS)
-    choose = lambda x, y, w: select(x, y, w, levels, rule.window, rule.base_by_activity)
+    choose = lambda x, y, w: select(x, y, w, levels, rule.window, rule.base_by_activity, rule.detail_gain,
+                                     rule.base_power)
     channels = max(a.shape[-1], b.shape[-1])
     out = np.empty((*a.shape[:3], channels), dtype=np.float32)
     for i in range(a.shape[0]):

@@ -53,7 +53,11 @@ def gaussian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
 
 
 def laplacian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
-    gauss = gaussian_pyramid(x, levels)
+    return _laplacian_of(gaussian_pyramid(x, levels))
+
+
+def _laplacian_of(gauss: list[np.ndarray]) -> list[np.ndarray]:
+    """The Laplacian pyramid of a Gaussian pyramid: each level minus the next one expanded."""
     details = [g - _upsample(g_next, g.shape[1:3]) for g, g_next in zip(gauss[:-1], gauss[1:])]
     return details + [gauss[-1]]
 
@@ -86,7 +90,7 @@ def blend(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> np
 
 
 def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, window: int = 1,
-           base_by_activity: bool = False) -> np.ndarray:
+           base_by_activity: bool = False, detail_gain: float = 0.0, base_power: float = 1.0) -> np.ndarray:
     """Weighted choose-max over Laplacian pyramids of a and b (N, H, W, C): at each detail level a
     pixel takes all its channels from A where w act(dA) > (1 - w) act(dB) (a tie: the source with
     the larger share, A at w = 0.5), act(d) being |d| summed over channels and averaged over a
@@ -101,40 +105,63 @@ def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, wind
     is itself a prompt-weighted choice of the locally more active base (`_base_choice`) instead of
     w, as the pyramid + sparse-representation fusions of infrared and visible images choose their
     low-pass band: a thermal target or a textured visible region keeps its contrast instead of
-    being averaged with the other source's flat base."""
+    being averaged with the other source's flat base (`base_power`: how sharply the choice
+    follows the contrasts). detail_gain p > 0: a chosen detail is scaled by (the shares'
+    brightness there / its source's brightness) ** p (`_detail_gains`), so a detail taken from a
+    dark exposure onto a brighter fused base keeps (p = 1) or partly keeps its contrast relative
+    to the local brightness; 1 wherever a source has the full share."""
     weights = gaussian_pyramid(weight_a, levels)
-    la, lb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
+    ga, gb = gaussian_pyramid(a, levels), gaussian_pyramid(b, levels)
+    la, lb = _laplacian_of(ga), _laplacian_of(gb)
     fused = []
-    for w, da, db in zip(weights[:-1], la[:-1], lb[:-1]):
+    for i, (w, da, db) in enumerate(zip(weights[:-1], la[:-1], lb[:-1])):
         score_a, score_b = w * _activity(da, window), (1 - w) * _activity(db, window)
         # A on a tie where its share is at least half: with w = 0.5 the classical >= of max-abs,
         # with w = 0 B even where both scores are 0 (B flat: A's detail must not leak in)
         take_a = (score_a > score_b) | ((score_a == score_b) & (w >= 0.5))
+        if detail_gain:
+            gain_a, gain_b = _detail_gains(ga[i + 1], gb[i + 1], w, da.shape[1:3], detail_gain)
+            da, db = da * gain_a, db * gain_b
         fused.append(np.where(take_a, da, db))
-    base_weight = _base_choice(la[-1], lb[-1], weights[-1]) if base_by_activity else weights[-1]
+    base_weight = _base_choice(la[-1], lb[-1], weights[-1], base_power) if base_by_activity else weights[-1]
     fused.append(_spline_base(la[-1], lb[-1], base_weight))
     return collapse(fused)
 
 
-# The base choice: local contrast over 3 x 3 base pixels (24 x 24 source pixels at 4 levels), and
-# how sharply the choice follows it (weighted contrasts ** 3; chosen on RoadScene: the sharpest
-# power that kept SSIM at or above the Laplacian baseline's, docs/model-card.md).
-_BASE_WINDOW, _BASE_POWER = 3, 3.0
+# The base choice's local contrast: over 3 x 3 base pixels (24 x 24 source pixels at 4 levels).
+_BASE_WINDOW = 3
 
 
-def _base_choice(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """A's weight on the base level (N, h, w, 1): (w sA) ** 3 / ((w sA) ** 3 + ((1 - w) sB) ** 3),
-    s the local standard deviation of a base's channel mean over 3 x 3; w itself where neither
-    base has any (so a share of 1 still gives A exactly); smoothed twice by the pyramid kernel so
-    the choice has no hard edges."""
+def _base_choice(a: np.ndarray, b: np.ndarray, w: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """A's weight on the base level (N, h, w, 1): (w sA) ^ k / ((w sA) ^ k + ((1 - w) sB) ^ k), s
+    the local standard deviation of a base's channel mean over 3 x 3, k = `power`; w itself where
+    neither base has any (so a share of 1 still gives A exactly); smoothed twice by the pyramid
+    kernel so the choice has no hard edges. (The VIF rule uses k = 1: sharper powers raised Qcb
+    and VIFF and cost SSIM on RoadScene, and the settings rule of docs/model-card.md chose 1.)"""
     def local_std(x: np.ndarray) -> np.ndarray:
         y = x.mean(axis=-1, keepdims=True)
         mean = _box(y, _BASE_WINDOW)
         return np.sqrt(np.maximum(_box(y * y, _BASE_WINDOW) - mean * mean, 0.0))
-    ca, cb = (w * local_std(a)) ** _BASE_POWER, ((1 - w) * local_std(b)) ** _BASE_POWER
+    ca, cb = (w * local_std(a)) ** power, ((1 - w) * local_std(b)) ** power
     total = ca + cb
     choice = np.where(total > 1e-12, ca / np.maximum(total, 1e-12), w)
     return _blur(_blur(choice))
+
+
+# Brightness floor and gain range of the contrast-preserving detail transfer: no division by a
+# black region's near-zero mean, and no detail amplified or attenuated by more than 4x.
+_GAIN_FLOOR, _GAIN_RANGE = 0.02, (0.25, 4.0)
+
+
+def _detail_gains(next_a: np.ndarray, next_b: np.ndarray, w: np.ndarray, shape: tuple[int, int],
+                  power: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W, 1) gains of A's and B's details at one level: (m / m_src) ** power, m_src a
+    source's local brightness (its next, coarser Gaussian level upsampled, channel mean) and m =
+    w m_A + (1 - w) m_B the brightness the shares give the fused image there."""
+    ma = np.maximum(_upsample(next_a, shape).mean(axis=-1, keepdims=True), _GAIN_FLOOR)
+    mb = np.maximum(_upsample(next_b, shape).mean(axis=-1, keepdims=True), _GAIN_FLOOR)
+    mixed = w * ma + (1 - w) * mb
+    return tuple(np.clip(mixed / m, *_GAIN_RANGE) ** power for m in (ma, mb))
 
 
 def _activity(detail: np.ndarray, window: int) -> np.ndarray:
@@ -194,7 +221,8 @@ def _upsample_t(x: "torch.Tensor", shape: tuple[int, int]) -> "torch.Tensor":
 
 
 def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int,
-                 temperature: float = 0.05, window: int = 1, base_by_activity: bool = False) -> "torch.Tensor":
+                 temperature: float = 0.05, window: int = 1, base_by_activity: bool = False,
+                 detail_gain: float = 0.0, base_power: float = 1.0) -> "torch.Tensor":
     """select() on (N, C, H, W) torch tensors with a soft, differentiable choice: the detail
     coefficients mixed by sigmoid((w|dA| - (1-w)|dB|) / (temperature * mean(w|dA| + (1-w)|dB|))),
     which tends to select()'s hard choice as the temperature goes to 0 (same kernel, borders and
@@ -207,22 +235,34 @@ def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor",
         sa, sb = gw * _activity_t(da, window), (1 - gw) * _activity_t(db, window)
         scale = temperature * (sa + sb).detach().mean() + 1e-6
         take_a = torch.sigmoid((sa - sb) / scale)
+        if detail_gain:
+            gain_a, gain_b = _detail_gains_t(na, nb, gw, size, detail_gain)
+            da, db = da * gain_a, db * gain_b
         details.append(take_a * da + (1 - take_a) * db)
         ga, gb, gw = na, nb, _blur_t(gw)[:, :, ::2, ::2]
-    out = _spline_base_t(ga, gb, _base_choice_t(ga, gb, gw) if base_by_activity else gw)
+    out = _spline_base_t(ga, gb, _base_choice_t(ga, gb, gw, base_power) if base_by_activity else gw)
     return _collapse_t(out, details)
 
 
-def _base_choice_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor") -> "torch.Tensor":
+def _base_choice_t(a: "torch.Tensor", b: "torch.Tensor", w: "torch.Tensor", power: float = 1.0) -> "torch.Tensor":
     """_base_choice() on (N, C, h, w) torch tensors."""
     def local_std(x: "torch.Tensor") -> "torch.Tensor":
         y = x.mean(1, keepdim=True)
         mean = _box_t(y, _BASE_WINDOW)
         return (_box_t(y * y, _BASE_WINDOW) - mean * mean).clamp_min(0.0).sqrt()
-    ca, cb = (w * local_std(a)) ** _BASE_POWER, ((1 - w) * local_std(b)) ** _BASE_POWER
+    ca, cb = (w * local_std(a)) ** power, ((1 - w) * local_std(b)) ** power
     total = ca + cb
     choice = torch.where(total > 1e-12, ca / total.clamp_min(1e-12), w)
     return _blur_t(_blur_t(choice))
+
+
+def _detail_gains_t(next_a: "torch.Tensor", next_b: "torch.Tensor", w: "torch.Tensor", shape: tuple[int, int],
+                    power: float) -> tuple:
+    """_detail_gains() on (N, C, h, w) torch tensors."""
+    ma = _upsample_t(next_a, shape).mean(1, keepdim=True).clamp_min(_GAIN_FLOOR)
+    mb = _upsample_t(next_b, shape).mean(1, keepdim=True).clamp_min(_GAIN_FLOOR)
+    mixed = w * ma + (1 - w) * mb
+    return tuple((mixed / m).clamp(*_GAIN_RANGE) ** power for m in (ma, mb))
 
 
 def _activity_t(detail: "torch.Tensor", window: int) -> "torch.Tensor":

@@ -129,10 +129,12 @@ def test_the_training_twin_tends_to_the_selection_and_passes_gradients():
     rng = np.random.default_rng(5)
     a, b, w = rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 3)), rng.random((2, 100, 130, 1))
     as_torch = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)
-    for window, by_activity in ((1, False), (7, False), (1, True)):
-        hard = select(a, b, w, 4, window, by_activity)
+    for window, by_activity, gain, power in ((1, False, 0.0, 1.0), (7, False, 0.0, 1.0), (1, True, 0.0, 1.0),
+                                             (1, True, 0.0, 3.0), (1, False, 0.5, 1.0)):
+        hard = select(a, b, w, 4, window, by_activity, gain, power)
         errors = [np.abs(select_torch(as_torch(a), as_torch(b), as_torch(w), 4, temperature=t, window=window,
-                                      base_by_activity=by_activity).permute(0, 2, 3, 1).numpy() - hard).mean()
+                                      base_by_activity=by_activity, detail_gain=gain, base_power=power)
+                         .permute(0, 2, 3, 1).numpy() - hard).mean()
                   for t in (0.1, 1e-2, 1e-5)]
         assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
     weight = as_torch(w).requires_grad_()
@@ -184,13 +186,36 @@ def test_a_base_chosen_by_activity_keeps_a_thermal_targets_contrast():
     np.testing.assert_allclose(select(a, b, np.zeros_like(equal), 4, base_by_activity=True), b, atol=1e-10)
 
 
+def test_a_detail_gain_keeps_a_dark_exposures_contrast_relative_to_the_fused_brightness():
+    """An exposure bracket: texture only the dark exposure resolves (the bright one is clipped
+    flat there). With equal shares the fused base is twice as bright as the dark source, so its
+    detail copied as it is keeps half its contrast relative to the local brightness; the gain
+    (m_fused / m_source) ** p gives it back in part (p < 1) or whole (p = 1)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    texture = ndimage.gaussian_filter(rng.normal(size=(128, 128)), 1.5)
+    dark = (0.3 + 0.05 * texture / texture.std())[None, ..., None]
+    bright = np.full_like(dark, 0.9)
+    equal = np.full_like(dark, 0.5)
+    relative = lambda f: np.std(f - ndimage.gaussian_filter(f, 4)) / f.mean()
+    inner = (slice(None), slice(16, -16), slice(16, -16), 0)  # away from the pyramid's borders
+    source = relative(dark[inner])
+    kept = {p: relative(select(dark, bright, equal, 4, detail_gain=p)[inner]) / source for p in (0.0, 0.125, 1.0)}
+    assert kept[0.0] < 0.6 and kept[0.0] < kept[0.125] < kept[1.0] and 0.85 < kept[1.0] < 1.15
+    # a full share still gives that source exactly
+    for p in (0.125, 1.0):
+        np.testing.assert_allclose(select(dark, bright, np.ones_like(equal), 4, detail_gain=p), dark, atol=1e-10)
+        np.testing.assert_allclose(select(dark, bright, np.zeros_like(equal), 4, detail_gain=p), bright, atol=1e-10)
+
+
 def test_the_selection_rule_is_the_dominant_tasks():
     import torch
 
-    assert selection_rule(torch.tensor([0.0, 0.0, 1.0])) == TASK_RULES["mff"] == SelectionRule(window=7)
+    assert selection_rule(torch.tensor([0.0, 0.0, 1.0])) == TASK_RULES["mff"] == SelectionRule(window=9)
     assert selection_rule(torch.tensor([0.2, 0.0, 0.8])) == TASK_RULES["mff"]
     assert selection_rule(torch.tensor([1.0, 0.0, 0.0])) == SelectionRule(base_by_activity=True)
-    assert selection_rule(torch.tensor([0.0, 1.0, 0.0])) == SelectionRule()
+    assert selection_rule(torch.tensor([0.0, 1.0, 0.0])) == TASK_RULES["mef"] == SelectionRule(detail_gain=0.125)
     assert selection_rule(torch.tensor([0.5, 0.0, 0.5])) == SelectionRule()  # no dominant task: the plain rule
 
 
@@ -205,9 +230,10 @@ def test_fuser_guided_by_prompts_forced_to_a_returns_source_a(guided_fuser):
     guided_fuser.alpha, guided_fuser.beta = 0.0, 0.5  # p_A' = 1, p_B' = 0 everywhere (paper Eq. 8)
     try:
         np.testing.assert_allclose(guided_fuser.fuse(a, b, "vif"), a, atol=1e-5)
-        guided_fuser.beta = 0.0  # p_A' = p_B' = 0.5: the classical Laplacian-pyramid fusion
+        guided_fuser.beta = 0.0  # p_A' = p_B' = 0.5: the classical Laplacian-pyramid fusion (plain rule)
         grey_a, grey_b = rng.random((100, 130), dtype=np.float32), rng.random((100, 130), dtype=np.float32)
-        np.testing.assert_allclose(guided_fuser.fuse(grey_a, grey_b, "mef"),
+        mix = {"vif": 0.5, "mef": 0.5}  # a router with no dominant task: the plain rule
+        np.testing.assert_allclose(guided_fuser.fuse(grey_a, grey_b, mix),
                                    LaplacianFuser().fuse(grey_a, grey_b)[..., 0], atol=1e-5)
     finally:
         guided_fuser.alpha, guided_fuser.beta = 1.0, 0.0
@@ -221,7 +247,7 @@ def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
         assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
         rule = TASK_RULES[task]
         expected = select(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4,
-                          rule.window, rule.base_by_activity)
+                          rule.window, rule.base_by_activity, rule.detail_gain, rule.base_power)
         np.testing.assert_allclose(result.image, np.clip(expected, 0, 1), atol=1e-5)
     assert guided_fuser.provenance()["reconstruction"] == "guided"
 
