@@ -45,12 +45,15 @@ class SelectionRule:
     the shares; base_power: how sharply it follows the contrast (1: in proportion to the weighted
     contrasts). detail_gain: p of the contrast-preserving detail transfer (a chosen detail times
     (the shares' brightness / its source's brightness) ** p; 0: details copied as they are).
+    detail_power: k of a soft detail choice (A weighted by score_A^k / (score_A^k + score_B^k);
+    0: the hard choice).
     tools/rule_settings.py scores settings on a training split."""
 
     window: int = 1
     base_by_activity: bool = False
     detail_gain: float = 0.0
     base_power: float = 1.0
+    detail_power: float = 0.0
 
 
 # Per task (settings chosen on the training splits; docs/model-card.md tells how each was found):
@@ -61,8 +64,8 @@ class SelectionRule:
 # - exposure brackets: per-pixel details, the share-mixed base (its brightness), and each detail
 #   scaled by (fused brightness / its source's) ** 1/8, so a dark exposure's detail placed on a
 #   brighter fused base keeps part of its contrast relative to the local brightness.
-TASK_RULES = {"vif": SelectionRule(base_by_activity=True), "mef": SelectionRule(detail_gain=0.125),
-              "mff": SelectionRule(window=9)}
+TASK_RULES = {"vif": SelectionRule(base_by_activity=True, detail_power=8.0), "mef": SelectionRule(detail_gain=0.125),
+              "mff": SelectionRule(window=9, detail_power=8.0)}
 
 
 # The guided mode's version: bump it whenever the guided output of given shares changes (a rule, a
@@ -70,7 +73,8 @@ TASK_RULES = {"vif": SelectionRule(base_by_activity=True), "mef": SelectionRule(
 # instead of mixing outputs of two versions (it enters the pipeline's unit ids).
 # 3: per-task selection rules (2026-12-06). 4: the settings rule (tools/rule_settings.py): the MEF
 # rule's detail gain, the VIF base choice linear in the weighted contrasts, the MFF box 9 x 9.
-GUIDED_VERSION = 4
+# 5: the soft detail choice of the VIF and MFF rules (same day).
+GUIDED_VERSION = 5
 
 
 def selection_rule(route: torch.Tensor) -> SelectionRule:
@@ -144,7 +148,7 @@ def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Ten
     task losses reach the prompts directly."""
     return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS), window=rule.window,
                         base_by_activity=rule.base_by_activity, detail_gain=rule.detail_gain,
-                        base_power=rule.base_power)
+                        base_power=rule.base_power, detail_power=rule.detail_power)
 
 
 def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int | None = None,
@@ -160,7 +164,7 @@ def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: in
     weight_a = np.asarray(weight_a, dtype=np.float64)[..., None]
     levels = pyramid_levels(a.shape[1:3], levels or LEVELS)
     choose = lambda x, y, w: select(x, y, w, levels, rule.window, rule.base_by_activity, rule.detail_gain,
-                                     rule.base_power)
+                                     rule.base_power, rule.detail_power)
     channels = max(a.shape[-1], b.shape[-1])
     out = np.empty((*a.shape[:3], channels), dtype=np.float32)
     for i in range(a.shape[0]):

@@ -90,7 +90,8 @@ def blend(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int) -> np
 
 
 def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, window: int = 1,
-           base_by_activity: bool = False, detail_gain: float = 0.0, base_power: float = 1.0) -> np.ndarray:
+           base_by_activity: bool = False, detail_gain: float = 0.0, base_power: float = 1.0,
+           detail_power: float = 0.0) -> np.ndarray:
     """Weighted choose-max over Laplacian pyramids of a and b (N, H, W, C): at each detail level a
     pixel takes all its channels from A where w act(dA) > (1 - w) act(dB) (a tie: the source with
     the larger share, A at w = 0.5), act(d) being |d| summed over channels and averaged over a
@@ -109,7 +110,10 @@ def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, wind
     follows the contrasts). detail_gain p > 0: a chosen detail is scaled by (the shares'
     brightness there / its source's brightness) ** p (`_detail_gains`), so a detail taken from a
     dark exposure onto a brighter fused base keeps (p = 1) or partly keeps its contrast relative
-    to the local brightness; 1 wherever a source has the full share."""
+    to the local brightness; 1 wherever a source has the full share. detail_power k > 0: the
+    choice is soft, A's coefficient weighted by score_A ^ k / (score_A ^ k + score_B ^ k)
+    (`_soft_choice`; k -> infinity is the hard choice): where both sources have similar detail
+    both keep some of it, as activity-weighted averaging does."""
     weights = gaussian_pyramid(weight_a, levels)
     ga, gb = gaussian_pyramid(a, levels), gaussian_pyramid(b, levels)
     la, lb = _laplacian_of(ga), _laplacian_of(gb)
@@ -122,7 +126,11 @@ def select(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int, wind
         if detail_gain:
             gain_a, gain_b = _detail_gains(ga[i + 1], gb[i + 1], w, da.shape[1:3], detail_gain)
             da, db = da * gain_a, db * gain_b
-        fused.append(np.where(take_a, da, db))
+        if detail_power:
+            share_a = _soft_choice(score_a, score_b, take_a, detail_power)
+            fused.append(share_a * da + (1 - share_a) * db)
+        else:
+            fused.append(np.where(take_a, da, db))
     base_weight = _base_choice(la[-1], lb[-1], weights[-1], base_power) if base_by_activity else weights[-1]
     fused.append(_spline_base(la[-1], lb[-1], base_weight))
     return collapse(fused)
@@ -146,6 +154,14 @@ def _base_choice(a: np.ndarray, b: np.ndarray, w: np.ndarray, power: float = 1.0
     total = ca + cb
     choice = np.where(total > 1e-12, ca / np.maximum(total, 1e-12), w)
     return _blur(_blur(choice))
+
+
+def _soft_choice(score_a: np.ndarray, score_b: np.ndarray, take_a: np.ndarray, power: float) -> np.ndarray:
+    """A's weight in a soft choice: score_A ^ k / (score_A ^ k + score_B ^ k), the hard choice
+    `take_a` where both scores are 0 (so a full share still gives exactly one source)."""
+    xa, xb = score_a ** power, score_b ** power
+    total = xa + xb
+    return np.where(total > 0, xa / np.where(total > 0, total, 1.0), take_a.astype(np.float64))
 
 
 # Brightness floor and gain range of the contrast-preserving detail transfer: no division by a
@@ -222,7 +238,7 @@ def _upsample_t(x: "torch.Tensor", shape: tuple[int, int]) -> "torch.Tensor":
 
 def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor", levels: int,
                  temperature: float = 0.05, window: int = 1, base_by_activity: bool = False,
-                 detail_gain: float = 0.0, base_power: float = 1.0) -> "torch.Tensor":
+                 detail_gain: float = 0.0, base_power: float = 1.0, detail_power: float = 0.0) -> "torch.Tensor":
     """select() on (N, C, H, W) torch tensors with a soft, differentiable choice: the detail
     coefficients mixed by sigmoid((w|dA| - (1-w)|dB|) / (temperature * mean(w|dA| + (1-w)|dB|))),
     which tends to select()'s hard choice as the temperature goes to 0 (same kernel, borders and
@@ -235,6 +251,9 @@ def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor",
         sa, sb = gw * _activity_t(da, window), (1 - gw) * _activity_t(db, window)
         scale = temperature * (sa + sb).detach().mean() + 1e-6
         take_a = torch.sigmoid((sa - sb) / scale)
+        if detail_power:  # soft already: the same weights as select()
+            xa, xb = sa ** detail_power, sb ** detail_power
+            take_a = torch.where(xa + xb > 0, xa / (xa + xb).clamp_min(1e-30), (gw >= 0.5).to(xa.dtype))
         if detail_gain:
             gain_a, gain_b = _detail_gains_t(na, nb, gw, size, detail_gain)
             da, db = da * gain_a, db * gain_b

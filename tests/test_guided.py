@@ -137,6 +137,10 @@ def test_the_training_twin_tends_to_the_selection_and_passes_gradients():
                          .permute(0, 2, 3, 1).numpy() - hard).mean()
                   for t in (0.1, 1e-2, 1e-5)]
         assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
+    # a soft choice is its own twin: the same weights at any temperature
+    soft = select(a, b, w, 4, base_by_activity=True, detail_power=4.0)
+    twin = select_torch(as_torch(a), as_torch(b), as_torch(w), 4, base_by_activity=True, detail_power=4.0)
+    np.testing.assert_allclose(twin.permute(0, 2, 3, 1).numpy(), soft, atol=1e-9)
     weight = as_torch(w).requires_grad_()
     select_torch(as_torch(a), as_torch(b), weight, 4).sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
@@ -181,9 +185,12 @@ def test_a_base_chosen_by_activity_keeps_a_thermal_targets_contrast():
     assert contrast(chosen) > 0.4 > contrast(mixed)  # the infrared disc is +0.5 over its background
     texture = xx > 90
     assert np.std(chosen[0, ..., 0][texture]) > 0.9 * np.std(visible[texture])
-    # a full share still gives that source exactly, flat regions included
-    np.testing.assert_allclose(select(a, b, np.ones_like(equal), 4, base_by_activity=True), a, atol=1e-10)
-    np.testing.assert_allclose(select(a, b, np.zeros_like(equal), 4, base_by_activity=True), b, atol=1e-10)
+    # a full share still gives that source exactly, flat regions included (hard or soft choice)
+    for power in (0.0, 2.0):
+        np.testing.assert_allclose(select(a, b, np.ones_like(equal), 4, base_by_activity=True, detail_power=power),
+                                   a, atol=1e-10)
+        np.testing.assert_allclose(select(a, b, np.zeros_like(equal), 4, base_by_activity=True, detail_power=power),
+                                   b, atol=1e-10)
 
 
 def test_a_detail_gain_keeps_a_dark_exposures_contrast_relative_to_the_fused_brightness():
@@ -209,12 +216,28 @@ def test_a_detail_gain_keeps_a_dark_exposures_contrast_relative_to_the_fused_bri
         np.testing.assert_allclose(select(dark, bright, np.zeros_like(equal), 4, detail_gain=p), bright, atol=1e-10)
 
 
+def test_a_soft_detail_choice_keeps_more_of_both_sources_where_their_detail_is_alike():
+    """Two independent textures of equal strength: the hard choice takes each coefficient from one
+    source, so the fusion follows each source less than their average would; a soft choice
+    (score^k weights) follows both more, the more the smaller k."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    textures = [ndimage.gaussian_filter(rng.normal(size=(128, 128)), 1.0) for _ in range(2)]
+    a, b = ((0.5 + 0.1 * t / t.std())[None, ..., None] for t in textures)
+    equal = np.full_like(a, 0.5)
+    follows = lambda f: sum(np.corrcoef(f.ravel(), x.ravel())[0, 1] for x in (a, b))
+    hard, soft4, soft2 = (follows(select(a, b, equal, 4, detail_power=k)) for k in (0.0, 4.0, 2.0))
+    assert hard < soft4 < soft2 < np.sqrt(2) + 1e-9  # the average follows both by 1/sqrt(2) each
+
+
 def test_the_selection_rule_is_the_dominant_tasks():
     import torch
 
-    assert selection_rule(torch.tensor([0.0, 0.0, 1.0])) == TASK_RULES["mff"] == SelectionRule(window=9)
+    assert (selection_rule(torch.tensor([0.0, 0.0, 1.0])) == TASK_RULES["mff"]
+            == SelectionRule(window=9, detail_power=8.0))
     assert selection_rule(torch.tensor([0.2, 0.0, 0.8])) == TASK_RULES["mff"]
-    assert selection_rule(torch.tensor([1.0, 0.0, 0.0])) == SelectionRule(base_by_activity=True)
+    assert selection_rule(torch.tensor([1.0, 0.0, 0.0])) == SelectionRule(base_by_activity=True, detail_power=8.0)
     assert selection_rule(torch.tensor([0.0, 1.0, 0.0])) == TASK_RULES["mef"] == SelectionRule(detail_gain=0.125)
     assert selection_rule(torch.tensor([0.5, 0.0, 0.5])) == SelectionRule()  # no dominant task: the plain rule
 
@@ -247,7 +270,7 @@ def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
         assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
         rule = TASK_RULES[task]
         expected = select(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4,
-                          rule.window, rule.base_by_activity, rule.detail_gain, rule.base_power)
+                          rule.window, rule.base_by_activity, rule.detail_gain, rule.base_power, rule.detail_power)
         np.testing.assert_allclose(result.image, np.clip(expected, 0, 1), atol=1e-5)
     assert guided_fuser.provenance()["reconstruction"] == "guided"
 
