@@ -168,11 +168,17 @@ run_job(parse_job(document, base=path.parent), workers=2, address=sys.argv[2], p
 """
 
 
+def _alive_actors(ray) -> set[str]:
+    # Ray's GCS view of the actors (the public state API needs the dashboard, off in tests)
+    return {actor_id for actor_id, info in ray._private.state.actors().items() if info.get("State") == "ALIVE"}
+
+
 def test_driver_killed_mid_run_then_resume_runs_only_the_unfinished_units(tmp_path, ray_cluster):
     _archive(tmp_path, scenes=("s1", "s2", "s3"))
     doc = pair_job(tmp_path, model={"weights": "baseline:average", "batch_size": 4})
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
     address = ray_cluster.get_runtime_context().gcs_address
+    actors_before = _alive_actors(ray_cluster)
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "job.yaml"), address], env=os.environ.copy())
     try:
         deadline = time.monotonic() + 120
@@ -185,6 +191,12 @@ def test_driver_killed_mid_run_then_resume_runs_only_the_unfinished_units(tmp_pa
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
+    # Ray reaps a dead driver's workers asynchronously (up to a second here, more under load) and
+    # they may still be writing blocks meanwhile; a real resume comes later than that, so wait
+    deadline = time.monotonic() + 60
+    while _alive_actors(ray_cluster) - actors_before:
+        assert time.monotonic() < deadline, "the killed driver's workers outlived it by a minute"
+        time.sleep(0.2)
     before = RunDir(tmp_path / "run").records().to_pylist()
     done_before = {r["id"] for r in before if r["kind"] == "unit" and r["status"] == "done"}
     assert 0 < len(done_before) < 12
