@@ -23,7 +23,7 @@ Grey + colour pairs are fused in luminance (Y of BT.601 YCbCr) and keep the colo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -46,8 +46,8 @@ class SelectionRule:
     contrasts). detail_gain: p of the contrast-preserving detail transfer (a chosen detail times
     (the shares' brightness / its source's brightness) ** p; 0: details copied as they are).
     detail_power: k of a soft detail choice (A weighted by score_A^k / (score_A^k + score_B^k);
-    0: the hard choice).
-    tools/rule_settings.py scores settings on a training split."""
+    0: the hard choice). The fields are select()'s and select_torch()'s keyword arguments (passed
+    as they are). tools/rule_settings.py scores settings on a training split."""
 
     window: int = 1
     base_by_activity: bool = False
@@ -146,9 +146,7 @@ def guided_training_image(a01: torch.Tensor, b01: torch.Tensor, share: torch.Ten
     """The guided output of (B, 3, H, W) RGB sources as training sees it: the soft, differentiable
     twin of guided_fusion's selection, on RGB (grey sources arrive repeated to 3 channels), so the
     task losses reach the prompts directly."""
-    return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS), window=rule.window,
-                        base_by_activity=rule.base_by_activity, detail_gain=rule.detail_gain,
-                        base_power=rule.base_power, detail_power=rule.detail_power)
+    return select_torch(a01, b01, share, pyramid_levels(tuple(a01.shape[-2:]), LEVELS), **asdict(rule))
 
 
 def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: int | None = None,
@@ -163,8 +161,7 @@ def guided_fusion(a: np.ndarray, b: np.ndarray, weight_a: np.ndarray, levels: in
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     weight_a = np.asarray(weight_a, dtype=np.float64)[..., None]
     levels = pyramid_levels(a.shape[1:3], levels or LEVELS)
-    choose = lambda x, y, w: select(x, y, w, levels, rule.window, rule.base_by_activity, rule.detail_gain,
-                                     rule.base_power, rule.detail_power)
+    choose = lambda x, y, w: select(x, y, w, levels, **asdict(rule))
     channels = max(a.shape[-1], b.shape[-1])
     out = np.empty((*a.shape[:3], channels), dtype=np.float32)
     for i in range(a.shape[0]):

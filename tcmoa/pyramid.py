@@ -249,11 +249,12 @@ def select_torch(a: "torch.Tensor", b: "torch.Tensor", weight_a: "torch.Tensor",
         size = tuple(ga.shape[-2:])
         da, db = ga - _upsample_t(na, size), gb - _upsample_t(nb, size)
         sa, sb = gw * _activity_t(da, window), (1 - gw) * _activity_t(db, window)
-        scale = temperature * (sa + sb).detach().mean() + 1e-6
-        take_a = torch.sigmoid((sa - sb) / scale)
-        if detail_power:  # soft already: the same weights as select()
+        if detail_power:  # the soft choice is differentiable as it is: select()'s own weights
             xa, xb = sa ** detail_power, sb ** detail_power
             take_a = torch.where(xa + xb > 0, xa / (xa + xb).clamp_min(1e-30), (gw >= 0.5).to(xa.dtype))
+        else:
+            scale = temperature * (sa + sb).detach().mean() + 1e-6
+            take_a = torch.sigmoid((sa - sb) / scale)
         if detail_gain:
             gain_a, gain_b = _detail_gains_t(na, nb, gw, size, detail_gain)
             da, db = da * gain_a, db * gain_b

@@ -281,12 +281,13 @@ class _Trainer:
             terms["guided_loss"] = task_loss(task, guided01, a01, b01, out, epoch, self.config.warmup_epochs)["loss"]
             terms["loss"] = terms["loss"] + self.config.guided_loss * terms["guided_loss"]
         focus_weight = self.config.focus_target.get(task, 0.0)
+        shares = token_share(out) if focus_weight or anchor_weight else None  # once for both targets
         if focus_weight:
             relative = self.config.focus_relative.get(task, 0.0)
-            terms["focus_target_loss"] = focus_target_loss(token_share(out), a01.float(), b01.float(), relative)
+            terms["focus_target_loss"] = focus_target_loss(shares, a01.float(), b01.float(), relative)
             terms["loss"] = terms["loss"] + focus_weight * terms["focus_target_loss"]
         if anchor_weight:
-            terms["anchor_loss"] = ((token_share(out) - held) ** 2).mean()
+            terms["anchor_loss"] = ((shares - held) ** 2).mean()
             terms["loss"] = terms["loss"] + anchor_weight * terms["anchor_loss"]
         loss = terms["loss"]
         if not torch.isfinite(loss):

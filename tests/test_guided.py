@@ -2,6 +2,8 @@
 source pixels and its use by the fuser (`reconstruction="guided"`)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -270,7 +272,7 @@ def test_fuser_guided_output_follows_the_prompt_map(guided_fuser):
         assert result.image.shape == (2, 112, 112, 1) and result.prompt_map.shape == (2, 112, 112)
         rule = TASK_RULES[task]
         expected = select(a.astype(np.float64), b.astype(np.float64), result.prompt_map[..., None], 4,
-                          rule.window, rule.base_by_activity, rule.detail_gain, rule.base_power, rule.detail_power)
+                          **dataclasses.asdict(rule))
         np.testing.assert_allclose(result.image, np.clip(expected, 0, 1), atol=1e-5)
     assert guided_fuser.provenance()["reconstruction"] == "guided"
 

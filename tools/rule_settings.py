@@ -63,9 +63,7 @@ class RuleVariant:
 
         squeeze = np.ndim(a) == 2 and np.ndim(b) == 2
         a, b = as_nhwc(a).astype(np.float32), as_nhwc(b).astype(np.float32)
-        image = guided_fusion(a, b, self._shares(a, b), rule=self.rule)
-        if max(a.shape[-1], b.shape[-1]) == 1:
-            image = image[..., :1]
+        image = guided_fusion(a, b, self._shares(a, b), rule=self.rule)  # channels as the sources'
         return image[0, ..., 0] if squeeze else image[0]
 
     def provenance(self) -> dict:
